@@ -1,0 +1,74 @@
+"""Samplers share one calling convention so that the CLI and the equal-budget comparisons can
+treat them alike.
+
+A sampler module exposes
+    Config                        a frozen dataclass of hyperparameters (defaults = a sane run),
+    preset(name) -> Config        optional: named settings (e.g. "dw4", "dw4-quick"),
+    sample(target, config, *, n_samples, budget, callback) -> SampleResult.
+`budget` is a number of target energy evaluations (configurations, see
+`boltzkit.targets.EvalCounter`); a sampler stops once it has spent it and says so in
+`diagnostics["stopped_by_budget"]`. Randomness comes from torch's global RNG, which only entry
+points (the CLI, experiments) seed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any, NamedTuple, Protocol
+
+from torch import Tensor
+
+
+class SampleResult(NamedTuple):
+    """What every sampler returns (detached tensors).
+
+    samples: `[n, dim]`; log_w: `[n]` log importance weights or None when samples are meant to be
+    equally weighted; log_Z: estimate of the log normaliser or None; diagnostics: per-method
+    scalars and traces (JSON-serialisable); counts: the target's `EvalCounter.as_dict()` spent.
+    """
+
+    samples: Tensor
+    log_w: Tensor | None
+    log_Z: float | None
+    diagnostics: dict[str, Any]
+    counts: dict[str, int]
+
+
+class Callback(Protocol):
+    """Progress/logging hook attached by the CLI; library code never logs by itself.
+
+    Events: "start" (total: int, unit: str, description: str), "advance" (n: int, plus any
+    scalars to show), "log" (message: str), "end".
+    """
+
+    def __call__(self, event: str, **info: Any) -> None: ...
+
+
+def null_callback(event: str, **info: Any) -> None:
+    """The default callback: does nothing."""
+
+
+# name -> module; each module follows the convention in this docstring.
+_REGISTRY: dict[str, str] = {
+    "mala": "boltzkit.samplers.mcmc_samplers",
+    "rwmh": "boltzkit.samplers.mcmc_samplers",
+    "hmc": "boltzkit.samplers.mcmc_samplers",
+    "pt": "boltzkit.samplers.mcmc_samplers",
+    "idem": "boltzkit.samplers.idem",
+    "smc": "boltzkit.samplers.smc_sampler",
+    "flow": "boltzkit.samplers.flow_bg",
+    "trade": "boltzkit.samplers.trade",
+}
+
+
+def names() -> list[str]:
+    """Registered sampler names."""
+    return sorted(_REGISTRY)
+
+
+def module(name: str) -> ModuleType:
+    """The module implementing sampler `name`; unknown names list the valid ones."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown sampler {name!r}; valid samplers: {', '.join(names())}")
+    return importlib.import_module(_REGISTRY[name])
