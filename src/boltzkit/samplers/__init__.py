@@ -4,7 +4,10 @@ treat them alike.
 A sampler module exposes
     Config                        a frozen dataclass of hyperparameters (defaults = a sane run),
     preset(name) -> Config        optional: named settings (e.g. "dw4", "dw4-quick"),
-    sample(target, config, *, n_samples, budget, callback) -> SampleResult.
+    sample(target, config, *, n_samples, budget, callback, run_dir=None, resume=False)
+        -> SampleResult
+`run_dir` (a pathlib.Path or None) is where long runs write checkpoints; `resume=True` continues
+from the last checkpoint found there.
 `budget` is a number of target energy evaluations (configurations, see
 `boltzkit.targets.EvalCounter`); a sampler stops once it has spent it and says so in
 `diagnostics["stopped_by_budget"]`. Randomness comes from torch's global RNG, which only entry
