@@ -169,6 +169,13 @@ class Target:
         new.temperature = self.temperature * temperature
         return new
 
+    def uncounted(self) -> Target:
+        """A copy with its own fresh counter: for evaluation and diagnostics that must not be
+        charged to a sampler's budget."""
+        new = copy.copy(self)
+        new.counter = EvalCounter()
+        return new
+
     def remove_com(self, x: Tensor) -> Tensor:
         """Projects x onto the centre-of-mass-free subspace (identity for non-particle targets)."""
         if not self.is_particle_system:
