@@ -124,9 +124,9 @@ class ParallelTempering:
 
     def step(self, state: PTState, target: Any) -> tuple[PTState, PTInfo]:
         """A kernel step of every replica, then swaps between neighbour pairs of one parity."""
-        x = state.chains.x
-        chains, kernel_info = self.kernel.step(state.chains, self.tempered(target, x))
-        chains, swap_prob, swapped, attempted = self._swap(chains, state.n_steps % 2)
+        temps = self.temperature_tensor(state.chains.x)
+        chains, kernel_info = self.kernel.step(state.chains, target.tempered(temps))
+        chains, swap_prob, swapped, attempted = self._swap(chains, temps, state.n_steps % 2)
         info = PTInfo(kernel_info, swap_prob, swapped, attempted)
         return PTState(chains, state.n_steps + 1), info
 
@@ -158,10 +158,15 @@ class ParallelTempering:
         new = dataclasses.replace(self, temperatures=tuple(temps.tolist()))
         return new, PTState(_retemper(state.chains, self, new), state.n_steps)
 
-    def _swap(self, chains: MCMCState, parity: int
+    def _swap(self, chains: MCMCState, temps: Tensor, parity: int
               ) -> tuple[MCMCState, Tensor, Tensor, Tensor]:
         x = chains.x
-        temps = self.temperature_tensor(x)
+        pair_shape = (self.n_temps - 1,) + x.shape[1:-1]
+        swap_prob = x.new_zeros(pair_shape)
+        swapped_all = torch.zeros(pair_shape, dtype=torch.bool, device=x.device)
+        attempted = torch.zeros(self.n_temps - 1, dtype=torch.bool, device=x.device)
+        if parity >= self.n_temps - 1:  # no pair of this parity (one or two temperatures)
+            return chains, swap_prob, swapped_all, attempted
         log_pi = chains.log_prob * temps  # untempered log pi of each replica's configuration
         lo = torch.arange(parity, self.n_temps - 1, 2, device=x.device)
         hi = lo + 1
@@ -177,12 +182,8 @@ class ParallelTempering:
             score = torch.gather(score * temps.unsqueeze(-1), 0, vec_perm) / temps.unsqueeze(-1)
         new = MCMCState(torch.gather(x, 0, vec_perm), torch.gather(log_pi, 0, perm) / temps,
                         score)
-        pair_shape = (self.n_temps - 1,) + log_pi.shape[1:]
-        swap_prob = log_r.new_zeros(pair_shape)
         swap_prob[lo] = torch.exp(log_r.clamp(max=0.0))
-        swapped_all = torch.zeros(pair_shape, dtype=torch.bool, device=x.device)
         swapped_all[lo] = swapped
-        attempted = torch.zeros(self.n_temps - 1, dtype=torch.bool, device=x.device)
         attempted[lo] = True
         return new, swap_prob, swapped_all, attempted
 
