@@ -1,0 +1,292 @@
+"""The `boltzkit` command line (typer + rich).
+
+    boltzkit targets
+    boltzkit sample TARGET --sampler NAME --budget N_ENERGY_EVALS --seed S --out DIR
+                    [--set key=value ...] [--preset NAME] [--n-samples N]
+                    [--target-param key=value ...] [--reference PATH]
+    boltzkit sample --resume RUN_DIR [--budget N]
+    boltzkit evaluate RUN_DIR [--reference PATH]
+    boltzkit reference TARGET [--n N] [--set key=value ...]
+    boltzkit experiment NAME [--set key=value ...] --out DIR
+    boltzkit demo
+
+Bad names and keys exit with code 2 and a message listing the valid ones; no traceback.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from boltzkit import config as configs
+from boltzkit import runner, targets
+from boltzkit.progress import LogFile, RichProgress
+
+app = typer.Typer(
+    name="boltzkit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Samplers for unnormalised Boltzmann densities, compared at equal energy budget.")
+console = Console()
+err_console = Console(stderr=True)
+
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Config override key=value (typed by the config field); repeatable.")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Prints a clean error (no traceback) and returns the Exit to raise."""
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def fmt(value: Any) -> str:
+    """Numbers to 4 significant digits; None and non-finite values as 'n/a'."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else f"{value:,}"
+
+
+def metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if key == "nonfinite_keys":
+            continue
+        table.add_row(key, fmt(value))
+    return table
+
+
+def command_line(ctx: typer.Context) -> list[str]:
+    """The invocation rebuilt from the parsed parameters (defaults included), e.g.
+    ["boltzkit", "sample", "gmm40", "--sampler", "mala", ...]: the record of what ran."""
+    words = ["boltzkit", str(ctx.info_name)]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == [] or param.name == "quiet":
+            continue
+        if param.param_type_name == "argument":
+            words.append(str(value))
+            continue
+        flag = max(param.opts, key=len)
+        if isinstance(value, bool):
+            words.append(flag if value else f"--no-{flag[2:]}")
+            continue
+        for item in value if isinstance(value, list | tuple) else [value]:
+            words += [flag, str(item)]
+    return words
+
+
+# ---- commands -----------------------------------------------------------------------------
+@app.command("targets")
+def targets_command() -> None:
+    """List the registered targets and what is known about each."""
+    table = Table(title="boltzkit targets", header_style="bold")
+    table.add_column("name", no_wrap=True)
+    for col in ("dim", "particles", "exact samples?", "log Z known?", "reference available?"):
+        table.add_column(col)
+    for name in targets.names():
+        table.add_row(*target_row(name))
+    console.print(table)
+
+
+def target_row(name: str) -> list[str]:
+    """One row of `boltzkit targets`; targets are built with default parameters (cheap)."""
+    try:
+        t = targets.get(name)
+    except ImportError:
+        return [name, "-", "-", "-", "-", "(module not built yet)"]
+    particles = f"{t.n_particles} x {t.spatial_dim}-D" if t.is_particle_system else "-"
+    exact = "yes" if t.has_exact_samples else "no"
+    log_z = "yes" if t.log_Z is not None else "no"
+    ref = runner.resolve_reference_source(t, name)
+    return [name, str(t.dim), particles, exact, log_z, ref]
+
+
+@app.command("sample")
+def sample_command(
+    ctx: typer.Context,
+    target: Annotated[str | None, typer.Argument(help="Target name (see `boltzkit targets`).")
+                      ] = None,
+    sampler: Annotated[str | None, typer.Option(help="Sampler name.")] = None,
+    budget: Annotated[int | None, typer.Option(
+        help="Target energy evaluations (configurations) the sampler may spend.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for torch/numpy/random (recorded).")] = 0,
+    out: Annotated[Path | None, typer.Option(
+        help="Run directory to create (default runs/TARGET-SAMPLER-TIME).")] = None,
+    set_: SetOpt = None,
+    preset: Annotated[str | None, typer.Option(help="Named sampler preset.")] = None,
+    n_samples: Annotated[int, typer.Option(help="Samples to return.")] = 1000,
+    target_param: Annotated[list[str] | None, typer.Option(
+        help="Target parameter key=value; repeatable.")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue the run in this directory from its last checkpoint.")] = None,
+    reference: Annotated[Path | None, typer.Option(
+        help="Reference samples (.npy/.npz, [n, dim]) to evaluate against.")] = None,
+    figures: Annotated[bool, typer.Option(help="Draw the PNG figures.")] = True,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Sample TARGET with a sampler at a budget of energy evaluations; write a run directory."""
+    if resume is None and (target is None or sampler is None or budget is None):
+        missing = [n for n, v in (("TARGET", target), ("--sampler", sampler),
+                                  ("--budget", budget)) if v is None]
+        raise fail(f"missing {', '.join(missing)} (or pass --resume RUN_DIR)")
+    if out is None and resume is None:
+        out = Path("runs") / f"{target}-{sampler}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = resume if resume is not None else out
+    assert run_dir is not None
+    try:
+        # Check names before creating anything on disk.
+        if resume is None:
+            _precheck(target, sampler, set_ or [], preset, target_param or [])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with LogFile(run_dir / "log.txt") as log, RichProgress(
+                err_console, log=log.write, enabled=not quiet) as callback:
+            if resume is not None:
+                outcome = runner.resume_run(resume, budget=budget, callback=callback,
+                                            log=log.write, command=command_line(ctx),
+                                            figures=figures)
+            else:
+                assert target is not None and sampler is not None and budget is not None
+                outcome = runner.run_sampler(
+                    target_name=target, sampler=sampler, budget=budget, seed=seed, out=out,
+                    sets=set_ or [], preset=preset, n_samples=n_samples,
+                    params=target_param or [], reference_path=reference, callback=callback,
+                    log=log.write, command=command_line(ctx), figures=figures)
+    except runner.UsageError as err:
+        raise fail(str(err)) from None
+    record = runner.rundir.read_record(outcome.run_dir)
+    title = f"{record['target']} / {record['sampler']}: {outcome.metrics.get('n_samples')} " \
+            f"samples, budget {record['budget']:,} energy evals, {outcome.wall_s:.1f} s"
+    console.print(metrics_table(outcome.metrics, title))
+    console.print(f"reference: {outcome.reference.source}"
+                  + (f" ({outcome.reference.path})" if outcome.reference.path else ""))
+    console.print(f"run directory: [bold]{outcome.run_dir}[/]")
+
+
+def _precheck(target: str | None, sampler: str | None, sets: list[str], preset: str | None,
+              params: list[str]) -> None:
+    assert target is not None and sampler is not None
+    runner.build_target(target, params)
+    module = runner.sampler_module(sampler)
+    runner.sampler_config(module, sets, preset, sampler)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `boltzkit sample`.")],
+    reference: Annotated[Path | None, typer.Option(
+        help="Reference samples (.npy/.npz); default: the one the run used.")] = None,
+    figures: Annotated[bool, typer.Option(help="Redraw the figures.")] = True,
+) -> None:
+    """Recompute metrics.json (and figures) of a finished run."""
+    try:
+        metrics = runner.evaluate_run(run_dir, reference_path=reference, figures=figures)
+    except runner.UsageError as err:
+        raise fail(str(err)) from None
+    console.print(metrics_table(metrics, f"metrics of {run_dir}"))
+    console.print(f"written: {run_dir / runner.rundir.METRICS_FILE}")
+
+
+@app.command("reference")
+def reference_command(
+    target: Annotated[str, typer.Argument(help="Target without an exact sampler, e.g. dw4.")],
+    n: Annotated[int | None, typer.Option(help="Number of samples (default 10,000).")] = None,
+    set_: SetOpt = None,
+    target_param: Annotated[list[str] | None, typer.Option(
+        help="Target parameter key=value; repeatable.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed (recorded).")] = 0,
+    refresh: Annotated[bool, typer.Option(help="Regenerate even if cached.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Generate (or find in the cache) a reference sample set by parallel tempering."""
+    from boltzkit import reference as project_reference
+
+    try:
+        built = runner.build_target(target, target_param or [])
+        if built.has_exact_samples:
+            raise runner.UsageError(f"target {target!r} has an exact sampler: `boltzkit sample` "
+                                    "draws its reference directly")
+        config = project_reference.reference_config(built.name)
+        runner.apply_overrides(config, set_ or [])
+        with RichProgress(err_console, enabled=not quiet) as callback:
+            made = project_reference.make_reference(
+                built, n, sets=set_ or [], seed=seed, callback=callback, refresh=refresh)
+    except runner.UsageError as err:
+        raise fail(str(err)) from None
+    meta = made.metadata
+    shown = {"n_samples": len(made.samples), "seed": meta.get("seed"),
+             **runner.summary_dict(meta.get("counts") or {}, "counts"),
+             "wall_s": meta.get("wall_s"),
+             **runner.summary_dict(meta.get("checks") or {})}
+    console.print(metrics_table(shown, f"reference for {target}"))
+    console.print(f"written: [bold]{meta.get('path')}[/]")
+
+
+@app.command("experiment")
+def experiment_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    out: Annotated[Path, typer.Option(help="Directory for the experiment's outputs.")],
+    set_: SetOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed for torch/numpy/random (recorded).")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run a named experiment (tables and figures go to --out)."""
+    from boltzkit import experiments
+
+    try:
+        configs.parse_assignments(set_ or [])
+        run = experiments.get(name)
+    except KeyError as err:
+        raise fail(err.args[0]) from None
+    except ValueError as err:
+        raise fail(str(err)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    runner.seed_everything(seed)
+    runner.rundir.write_json(out / "experiment.json", {
+        "experiment": name, "overrides": set_ or [], "seed": seed,
+        "command": command_line(ctx), "environment": runner.rundir.environment()})
+    try:
+        with LogFile(out / "log.txt") as log, RichProgress(
+                err_console, log=log.write, enabled=not quiet) as callback:
+            headline = run(out, set_ or [], callback)
+    except KeyError as err:
+        if "valid" not in str(err):
+            raise
+        raise fail(err.args[0]) from None
+    runner.rundir.write_json(out / "headline.json", headline)
+    console.print(metrics_table(runner.summary_dict(headline), f"experiment {name}"))
+    console.print(f"outputs: [bold]{out}[/]")
+
+
+@app.command("demo")
+def demo_command(
+    budget: Annotated[int | None, typer.Option(
+        help="Energy evaluations per sampler (default: the demo's).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/demo-TIME).")
+                   ] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    n_samples: Annotated[int, typer.Option(help="Samples per sampler.")] = 1000,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """DW-4: parallel tempering vs MALA at the same energy budget (what `make run` shows)."""
+    from boltzkit import demo
+
+    try:
+        demo.main(console=console, err_console=err_console, budget=budget, out=out, seed=seed,
+                  n_samples=n_samples, quiet=quiet)
+    except runner.UsageError as err:
+        raise fail(str(err)) from None
+
+
+if __name__ == "__main__":
+    app()
