@@ -130,7 +130,7 @@ def sample_command(
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this directory from its last checkpoint.")] = None,
     reference: Annotated[Path | None, typer.Option(
-        help="Reference samples (.npy/.npz, [n, dim]) to evaluate against.")] = None,
+        help="Reference samples (.npy or .npz, an n x dim array) to evaluate against.")] = None,
     figures: Annotated[bool, typer.Option(help="Draw the PNG figures.")] = True,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
