@@ -130,6 +130,8 @@ class GaussianMixture(Target):
         return 0.0
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        if n == 0:
+            return self.means.new_zeros(0, self.dim)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, dtype=self.means.dtype, device=self.means.device,
                           generator=generator)
