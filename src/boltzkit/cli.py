@@ -55,13 +55,21 @@ def fmt(value: Any) -> str:
 
 
 def metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    """metric | value | noise floor (mean ± std of `<key>_floor`, `<key>_floor_std` if any)."""
+    has_floor = any(k.endswith("_floor") for k in metrics)
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    if has_floor:
+        table.add_column("noise floor", justify="right")
     for key, value in metrics.items():
-        if key == "nonfinite_keys":
+        if key == "nonfinite_keys" or key.endswith(("_floor", "_floor_std")):
             continue
-        table.add_row(key, fmt(value))
+        row = [key, fmt(value)]
+        if has_floor:
+            floor, std = metrics.get(f"{key}_floor"), metrics.get(f"{key}_floor_std")
+            row.append("" if floor is None else f"{fmt(floor)} ± {fmt(std)}")
+        table.add_row(*row)
     return table
 
 
