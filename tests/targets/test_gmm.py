@@ -144,10 +144,23 @@ def test_noised_log_prob_per_point_levels_match_scalar_levels():
     sigma = (1 - alpha**2).sqrt() + 1e-3
     lp = gmm.noised_log_prob(x, alpha, sigma)
     den = gmm.denoiser(x, alpha, sigma)
+    kernel = gmm.denoising_kernel(x, alpha, sigma, 0.9 * alpha, (1 - 0.81 * alpha**2).sqrt())
+    xs = kernel.sample()
     for i in range(4):
         a, s = float(alpha[i]), float(sigma[i])
         torch.testing.assert_close(lp[i], gmm.noised(a, s).log_prob(x[i]))
         torch.testing.assert_close(den[i], gmm.denoiser(x[i], a, s))
+        k_i = gmm.denoising_kernel(x[i], a, s, 0.9 * a, (1 - 0.81 * a**2) ** 0.5)
+        torch.testing.assert_close(kernel.log_prob(xs)[i], k_i.log_prob(xs[i]))
+
+
+def test_posterior_limits():
+    gmm = random_gmm()
+    x = torch.randn(5, 3, dtype=F64)
+    prior = gmm.posterior(x, 0.0, 1.0)  # pure noise: the posterior is the prior
+    torch.testing.assert_close(prior.log_weights, gmm.log_weights.expand(5, -1))
+    torch.testing.assert_close(prior.covariances, gmm.covariances)
+    torch.testing.assert_close(gmm.denoiser(x, 1.0, 0.0), x)  # no noise: x_0 = x_t
 
 
 @pytest.mark.parametrize("alpha, sigma", [(0.9, 0.3), (0.5, 1.2), (1.0, 0.05)])
