@@ -231,6 +231,22 @@ class HMC(Kernel):
         return MCMCState(x, log_prob.detach(), score), log_q_ratio, bad
 
 
+def relax(x: Tensor, target: Density, n_steps: int, max_move: float = 0.02) -> Tensor:
+    """Start-up minimiser: n_steps of x <- x + max_move * s / max(|s|_inf, 1), s = P grad log pi.
+
+    Moves every configuration uphill in log_prob by at most `max_move` per coordinate and step,
+    which pulls overlapping particles (Lennard-Jones energies of 1e6 and more) apart before MCMC
+    starts; MALA and HMC cannot take useful steps from there. Not an MCMC move: burn-in follows.
+    Costs n_steps energy and gradient evaluations per configuration.
+    """
+    x = target.remove_com(x.detach())
+    for _ in range(n_steps):
+        _, score = target.log_prob_and_score(x)
+        score = _finite_or_zero(target.remove_com(score))
+        x = x + max_move * score / score.abs().amax(-1, keepdim=True).clamp(min=1.0)
+    return x
+
+
 KERNELS: dict[str, type[Kernel]] = {"rwmh": RWMH, "mala": MALA, "hmc": HMC}
 
 
@@ -288,4 +304,4 @@ def __getattr__(attr: str) -> Any:
 
 
 __all__ = ["HMC", "KERNELS", "MALA", "RWMH", "Density", "Kernel", "MCMCInfo", "MCMCState",
-           "kernel_from_name"]
+           "kernel_from_name", "relax"]

@@ -22,9 +22,11 @@ kernel. Samples are the T = 1 chains at ceil(n_samples / n_chains) times spread 
 
 Initial state: x0 `[n_chains, dim]` or `[n_temps, n_chains, dim]` if given, else
 init_scale * N(0, I) per coordinate (projected onto the centre-of-mass-free subspace for
-particle systems). With `run_dir`, the state is checkpointed every `checkpoint_every` steps
-(default: every tenth of the run) and `resume=True` continues from it; the resumed run is
-statistically, not bitwise, equivalent (the global RNG is the caller's to seed).
+particle systems), then `init_relax_steps` capped uphill steps (`boltzkit.mcmc.relax`, counted
+in the budget) that pull overlapping particles apart. With `run_dir`, the state is
+checkpointed every `checkpoint_every` steps (default: every tenth of the run) and `resume=True`
+continues from it; the resumed run is statistically, not bitwise, equivalent (the global RNG is
+the caller's to seed).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from boltzkit.mcmc import MCMCState, kernel_from_name
+from boltzkit.mcmc import MCMCState, kernel_from_name, relax
 from boltzkit.samplers import Callback, SampleResult, null_callback
 from boltzkit.tempering import ParallelTempering, PTInfo, PTState, geometric_ladder
 
@@ -58,6 +60,8 @@ class ChainsConfig:
     target_accept: float | None = None  # None: the kernel's default (0.234, 0.574, 0.65)
     adapt_rate: float = 0.3  # Robbins-Monro gain on log step size (acceptance averaged over chains)
     init_scale: float = 1.0  # std of the N(0, s^2 I) start (COM-free for particles)
+    init_relax_steps: int = 0  # capped uphill steps before MCMC (`mcmc.relax`), counted
+    init_relax_max_move: float = 0.02
     dtype: Literal["float32", "float64"] = "float64"
     device: str = "cpu"
     checkpoint_every: int = 0  # steps; 0 = every tenth of the run (with run_dir only)
@@ -104,9 +108,10 @@ CONFIGS: dict[str, type[ChainsConfig]] = {
 PRESETS: dict[str, dict[str, Any]] = {
     # settings that mix on the particle systems at modest cost (2 CPU cores)
     "dw4": {"n_chains": 128, "init_scale": 1.5, "step_size": 0.01, "T_max": 10.0, "n_temps": 6},
-    "lj13": {"n_chains": 128, "init_scale": 0.8, "step_size": 1e-4, "T_max": 5.0, "n_temps": 8},
-    "lj55": {"n_chains": 64, "init_scale": 1.0, "step_size": 1e-5, "T_max": 5.0, "n_temps": 10,
-             "dtype": "float32"},
+    "lj13": {"n_chains": 128, "init_scale": 1.0, "init_relax_steps": 100, "step_size": 1e-4,
+             "T_max": 4.0, "n_temps": 8},
+    "lj55": {"n_chains": 64, "init_scale": 1.2, "init_relax_steps": 200, "step_size": 1e-5,
+             "T_max": 4.0, "n_temps": 10, "dtype": "float32"},
     "phi4": {"n_chains": 64, "init_scale": 0.5, "step_size": 0.05, "T_max": 4.0, "n_temps": 6},
     "quick": {"n_chains": 32, "n_temps": 4, "T_max": 5.0},
 }
@@ -165,15 +170,18 @@ def sample(
     pt = build(config)
     n_walkers = pt.n_temps * config.n_chains
     step_cost = n_walkers * pt.kernel.evals_per_step
+    init_cost = n_walkers * (1 + config.init_relax_steps)
     counts0 = dict(target.counter.as_dict())
     ckpt = _load(run_dir) if resume else None
     spent_before = ckpt["counts"] if ckpt else {k: 0 for k in counts0}
     budget_left = None if budget is None else budget - spent_before["n_energy"]
     if ckpt is None:
-        if budget_left is not None and budget_left < n_walkers + step_cost:
-            raise ValueError(f"budget {budget} does not pay for one step of {n_walkers} walkers "
-                             f"({n_walkers + step_cost} energy evaluations)")
-        state = pt.init(_initial_x(target, config, pt.n_temps, x0), target)
+        if budget_left is not None and budget_left < init_cost + step_cost:
+            raise ValueError(f"budget {budget} does not pay for the start and one step of "
+                             f"{n_walkers} walkers ({init_cost + step_cost} energy evaluations)")
+        x = _initial_x(target, config, pt.n_temps, x0)
+        x = relax(x, target, config.init_relax_steps, config.init_relax_max_move)
+        state = pt.init(x, target)
         run = _Run(pt.n_temps)
     else:
         pt, state, run = _restore(pt, ckpt, config)
