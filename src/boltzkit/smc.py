@@ -176,8 +176,9 @@ def smc(
             proposals; must be None for deterministic ones.
         mcmc: MCMC moves after each level, or None.
         resampling: scheme and ESS threshold.
-        budget: target energy evaluations (`path.counts()["n_target"]`) after which the next
-            level is the target itself, without moves.
+        budget: target energy evaluations (`path.counts()["n_target"]`) this run may spend:
+            when another level like the last would exceed it, the next level is the target
+            itself, without moves (which may overspend by that reweighting, N evaluations).
         callback: called as callback("advance", n=1, lam=..., ess_fraction=...) per level.
     """
     proposal = Identity() if proposal is None else proposal
@@ -208,11 +209,13 @@ def smc(
     records["lam"].append(lam)
     counts: dict[str, list[int]] = {k: [] for k in path.counts()}
     kernel = mcmc.kernel if mcmc is not None else None
-    stopped, k = False, 0
+    stopped, k, level_cost = False, 0, 0
+    start = path.counts()["n_target"]
     while not bool((lam >= 1).all()):
         k += 1
         before = path.counts()
-        stop_now = budget is not None and before["n_target"] >= budget
+        # Stop when another level like the last would overspend; the jump costs N evaluations.
+        stop_now = budget is not None and before["n_target"] - start + level_cost > budget
         stopped = stopped or stop_now
         if adaptive and k > schedule.max_levels:
             raise RuntimeError(f"adaptive schedule exceeded {schedule.max_levels} levels")
@@ -262,6 +265,7 @@ def smc(
         after = path.counts()
         for key in counts:
             counts[key].append(after[key] - before[key])
+        level_cost = after["n_target"] - before["n_target"]
         lam, level = lam_next, new_level
         if callback is not None:
             callback("advance", n=1, lam=float(lam.min()), ess_fraction=float(ess.min()) / n)
