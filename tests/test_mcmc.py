@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from boltzkit.mcmc import HMC, MALA, RWMH, Kernel, MCMCInfo, MCMCState
+from boltzkit.mcmc import HMC, MALA, RWMH, Kernel, MCMCInfo, MCMCState, relax
 from boltzkit.samplers import mcmc_samplers
 from boltzkit.targets.base import Target
 from boltzkit.tempering import ParallelTempering, geometric_ladder, swap_log_ratio
@@ -253,6 +253,32 @@ def test_a_chain_outside_the_support_accepts_the_first_finite_proposal() -> None
     for _ in range(30):
         state, _ = MALA(1.0).step(state, target)
     assert torch.isfinite(state.log_prob).float().mean() > 0.9
+
+
+class LennardJones(Target):
+    """E = sum_{i<j} r^-12 - 2 r^-6 (minimum -1 at r = 1) + |x - x_com|^2 / 2."""
+
+    def __init__(self, n_particles: int = 5) -> None:
+        super().__init__(3 * n_particles)
+        self.n_particles, self.spatial_dim = n_particles, 3
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        i, j = torch.triu_indices(self.n_particles, self.n_particles, 1)
+        xp = x.reshape(*x.shape[:-1], self.n_particles, 3)
+        inv6 = (xp[..., i, :] - xp[..., j, :]).square().sum(-1) ** -3
+        return -(inv6**2 - 2 * inv6).sum(-1) - 0.5 * (self.remove_com(x) ** 2).sum(-1)
+
+
+def test_relax_pulls_overlapping_particles_apart() -> None:
+    torch.manual_seed(0)
+    target = LennardJones(5)
+    x = 0.3 * torch.randn(64, 15, dtype=F64)
+    assert target.energy(x).max() > 1e6
+    target.counter.reset()
+    x = relax(x, target, n_steps=100)
+    assert target.counter.n_grad == 100 * 64
+    assert target.energy(x).max() < 0.0  # bound: every pair near the well
+    assert x.view(64, 5, 3).mean(1).abs().max() < 1e-12
 
 
 # ---- parallel tempering -----------------------------------------------------------------
