@@ -133,8 +133,10 @@ def test_smc_sampler_convention_and_log_Z() -> None:
     assert isinstance(res, SampleResult)
     assert res.samples.shape == (1000, 2) and res.log_w.shape == (1000,)
     assert abs(res.log_Z) < 0.2  # log Z = 0; a few SE of a 1000-particle run
+    assert math.isclose(float(torch.logsumexp(res.log_w, 0)) - math.log(1000), res.log_Z)
     assert res.counts["n_energy"] == target.counter.n_energy > 0
-    heavy = float((res.log_w.exp() * (target.assign(res.samples) == 0)).sum())
+    weights = torch.softmax(res.log_w, 0)
+    heavy = float((weights * (target.assign(res.samples) == 0)).sum())
     assert abs(heavy - 2 / 3) < 0.1
     json.dumps(res.diagnostics)  # JSON-serialisable
     fewer = smc_sampler.sample(target, smc_sampler.Config(n_particles=300), n_samples=100,

@@ -189,6 +189,7 @@ def run(out_dir: Path, overrides: list[str], callback: Callable[..., None]) -> d
             raise KeyError(f"unknown kernel(s) {unknown}; valid kernels: {', '.join(KERNELS)}")
     (out_dir / "configs.json").write_text(json.dumps(
         {"preset": preset, "blocks": [configs.to_dict(c) for c in blocks]}, indent=2))
+    (out_dir / "results.csv").unlink(missing_ok=True)
     rows: list[dict[str, Any]] = []
     learned_rows: list[dict[str, Any]] = []
     traces: dict[tuple, list[float]] = {}
@@ -196,9 +197,8 @@ def run(out_dir: Path, overrides: list[str], callback: Callable[..., None]) -> d
              description=f"amc-gmm {preset}")
     started = time.perf_counter()
     for cfg in blocks:
-        _run_block(cfg, callback, rows, learned_rows, traces)
+        _run_block(cfg, out_dir, callback, rows, learned_rows, traces)
     callback("end")
-    _write_csv(out_dir / "results.csv", rows)
     _write_csv(out_dir / "learned_levels.csv", learned_rows)
     summary = summarise(rows)
     (out_dir / "results.md").write_text(markdown_table(summary))
@@ -207,9 +207,10 @@ def run(out_dir: Path, overrides: list[str], callback: Callable[..., None]) -> d
     return headline(summary, preset, time.perf_counter() - started, len(rows))
 
 
-def _run_block(cfg: Config, callback: Callable[..., None], rows: list[dict[str, Any]],
-               learned_rows: list[dict[str, Any]], traces: dict[tuple, list[float]]) -> None:
-    """All runs of one block, appended to rows / learned_rows / traces."""
+def _run_block(cfg: Config, out_dir: Path, callback: Callable[..., None],
+               rows: list[dict[str, Any]], learned_rows: list[dict[str, Any]],
+               traces: dict[tuple, list[float]]) -> None:
+    """All runs of one block, appended to rows / learned_rows / traces (and results.csv)."""
     for mix, d, a in itertools.product(cfg.mixtures, cfg.dims, cfg.separations):
         target, key = make_mixture(mix, d, a), {"mixture": mix, "d": d, "a": a}
         models = _models(cfg, target, key, lambda m: callback("log", message=m), learned_rows)
@@ -220,6 +221,7 @@ def _run_block(cfg: Config, callback: Callable[..., None], rows: list[dict[str, 
             row, ess = run_one(target, model, kernel, use_mcmc, seed, cfg)
             meta = {**key, "model": name, "mcmc": use_mcmc, "kernel": kernel, "seed": seed}
             rows.append({**meta, **row})
+            _append_csv(out_dir / "results.csv", rows[-1])  # progress survives an interruption
             traces[tuple(meta.values())] = ess
             callback("advance", n=1, mode_err=row["mode_weight_error_pp"],
                      log_Z_err=row["abs_log_Z_error"])
@@ -300,6 +302,15 @@ def headline(summary: list[dict[str, Any]], preset: str, wall: float,
             b["mode_weight_error_pp"] > max(g["mode_weight_error_pp"] for g in good)
             for b in bad)
     return out
+
+
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

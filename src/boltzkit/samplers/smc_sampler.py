@@ -16,6 +16,7 @@ overspend (`diagnostics["stopped_by_budget"]`). SMC runs are short and not check
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path as FsPath
@@ -64,8 +65,9 @@ def sample(
     target: Any, config: Config, *, n_samples: int, budget: int | None = None,
     callback: Callback = null_callback, run_dir: FsPath | None = None, resume: bool = False,
 ) -> SampleResult:
-    """Weighted particles `[n, dim]` with normalised log-weights, the log Z estimate, per-level
-    traces; n = n_particles, or n_samples equally weighted ones (log_w None) when they differ."""
+    """Weighted particles `[n, dim]`, the log Z estimate and per-level traces; n = n_particles,
+    or n_samples equally weighted ones (log_w None) when they differ. log_w are importance
+    weights in the convention of `boltzkit.estimators`: LSE(log_w) - log n = log Z-hat."""
     if config.resampler not in RESAMPLERS:
         raise KeyError(f"unknown resampler {config.resampler!r}; valid: {', '.join(RESAMPLERS)}")
     started = time.perf_counter()
@@ -83,7 +85,8 @@ def sample(
               callback=callback)
     callback("end")
     d = res.diagnostics
-    samples, log_w = res.x.detach(), res.log_w
+    # As importance weights: mean(exp(log_w)) = Z-hat, so estimators.log_Z(log_w) = log Z-hat.
+    samples, log_w = res.x.detach(), res.log_w + res.log_Z + math.log(n)
     if n != n_samples:  # equally weighted draws from the weighted particles
         samples = samples[torch.multinomial(res.log_w.exp(), n_samples, replacement=True)]
         log_w = None
