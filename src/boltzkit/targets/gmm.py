@@ -78,7 +78,7 @@ class GaussianMixture(Target):
         self._set_params(weights.log(), means, eigvals, eigvecs)
 
     @classmethod
-    def from_eigen(
+    def from_eigendecomposition(
         cls, log_weights: Tensor, means: Tensor, eigvals: Tensor, eigvecs: Tensor | None,
         name: str = "gmm",
     ) -> GaussianMixture:
@@ -214,8 +214,8 @@ class GaussianMixture(Target):
         eigvals = a**2 * self.eigvals + s**2
         if not bool((eigvals > 0).all()):
             raise ValueError(f"noised covariance is singular (alpha={float(a)}, sigma={float(s)})")
-        return GaussianMixture.from_eigen(self.log_weights, a * self.means, eigvals, self.eigvecs,
-                                          name=f"{self.name}-noised")
+        return GaussianMixture.from_eigendecomposition(
+            self.log_weights, a * self.means, eigvals, self.eigvecs, name=f"{self.name}-noised")
 
     def noised_log_prob(self, x_t: Tensor, alpha: float | Tensor, sigma: float | Tensor) -> Tensor:
         """log p_t(x_t), `[...]`, with alpha, sigma scalars or broadcastable to `[...]`
