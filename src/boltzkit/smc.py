@@ -182,98 +182,139 @@ def smc(
         callback: called as callback("advance", n=1, lam=..., ess_fraction=...) per level.
     """
     proposal = Identity() if proposal is None else proposal
-    if proposal.deterministic != (backward is None):
-        raise ValueError("a stochastic proposal needs a backward kernel; a deterministic map "
-                         "takes none (its weight uses log|det J|)")
-    schedule = path.grid if schedule is None else schedule
-    if schedule is None:
-        raise ValueError("this path has no default grid: pass a schedule")
-    adaptive = isinstance(schedule, AdaptiveSchedule)
-    if adaptive and not isinstance(proposal, Identity):
-        raise ValueError("an adaptive schedule needs the identity proposal")
-    if not adaptive:
-        schedule = _check_grid(schedule)
-    if mcmc is not None and mcmc.n_steps < 1:
-        raise ValueError("MCMCMove needs n_steps >= 1")
+    setup = _setup(path, schedule, proposal, backward, mcmc, resampling)
     n_rep, n = n_replicas or 1, n_particles
-
-    level = path.level(torch.zeros(n_rep, dtype=torch.float64))
-    x = level.sample(n_rep * n).reshape(n_rep, n, -1)
-    f64 = {"dtype": torch.float64, "device": x.device}
-    lam = torch.zeros(n_rep, **f64)
-    log_g = _log_prob(level, x)
-    log_w = torch.full((n_rep, n), -math.log(n), **f64)
-    log_Z = torch.full((n_rep,), float(level.log_Z or 0.0), **f64)
+    state, level = _init(path, n_rep, n)
     _check_telescoping(level, resampling, mcmc)
     records: dict[str, list[Tensor]] = {k: [] for k in SMCDiagnostics._fields[:7]}
-    records["lam"].append(lam)
+    records["lam"].append(state.lam)
     counts: dict[str, list[int]] = {k: [] for k in path.counts()}
     kernel = mcmc.kernel if mcmc is not None else None
-    stopped, k, level_cost = False, 0, 0
-    start = path.counts()["n_target"]
-    while not bool((lam >= 1).all()):
+    stopped, k, level_cost, start = False, 0, 0, path.counts()["n_target"]
+    while not bool((state.lam >= 1).all()):
         k += 1
         before = path.counts()
         # Stop when another level like the last would overspend; the jump costs N evaluations.
         stop_now = budget is not None and before["n_target"] - start + level_cost > budget
         stopped = stopped or stop_now
-        if adaptive and k > schedule.max_levels:
-            raise RuntimeError(f"adaptive schedule exceeded {schedule.max_levels} levels")
-        # ---- reweight
-        if isinstance(proposal, Identity):
-            log_g_at = path.log_prob_fn(x)
-            lam_next = _next_level(lam, k, schedule, log_w, log_g, log_g_at, stop_now)
-            new_level = path.level(lam_next)
-            x_new, log_g_new, log_ratio = x, _to64(log_g_at(lam_next)), 0.0
-        else:
-            lam_next = _next_level(lam, k, schedule, log_w, log_g, None, stop_now)
-            new_level = path.level(lam_next)
-            move = proposal.propose(x, level, new_level)
-            x_new, log_g_new = move.x, _log_prob(new_level, move.x)
-            log_ratio = -move.log_q.double()
-            if backward is not None:
-                log_ratio = log_ratio + backward.log_prob(x, move.x, level, new_level).double()
+        new_state, new_level, increment = _reweight(setup, state, level, k, stop_now)
         _check_telescoping(new_level, resampling, mcmc)
-        active = lam < 1
-        delta = torch.nan_to_num(log_g_new - log_g + log_ratio, nan=-math.inf)
-        delta = torch.where(active[:, None], delta, torch.zeros_like(delta))
-        increment = torch.logsumexp(log_w + delta, dim=-1)
-        if not bool(torch.isfinite(increment).all()):
-            raise RuntimeError(f"level {k}: every particle of some replica has zero weight")
-        log_w = log_w + delta - increment[:, None]
-        log_Z = log_Z + increment
-        x, log_g = x_new, log_g_new
-        ess = torch.as_tensor(estimators.ess(log_w), dtype=torch.float64).reshape(n_rep)
-        # ---- resample
-        fire = resampling.fires(ess, n) & active
-        n_unique = torch.full((n_rep,), n, dtype=torch.long, device=x.device)
-        if bool(fire.any()):
-            idx = RESAMPLERS[resampling.scheme](log_w[fire])
-            x, log_g = x.clone(), log_g.clone()
-            x[fire] = torch.gather(x[fire], 1, idx[..., None].expand(-1, -1, x.shape[-1]))
-            log_g[fire] = torch.gather(log_g[fire], 1, idx)
-            log_w = _reset_weights(log_w, fire)
-            n_unique[fire] = _n_unique(idx)
-        # ---- move
-        accept = step = torch.full((n_rep,), math.nan, **f64)
+        ess = torch.as_tensor(estimators.ess(new_state.log_w), dtype=torch.float64,
+                              device=state.x.device).reshape(n_rep)
+        active = state.lam < 1
+        new_state, fired, n_unique = _resample(new_state, resampling.fires(ess, n) & active,
+                                               resampling.scheme)
+        accept = step = torch.full_like(ess, math.nan)
         if mcmc is not None and not stop_now:
-            x, log_g, accept, step, kernel = _move(x, new_level, mcmc, kernel)
-        for name, value in (("lam", lam_next), ("ess", ess), ("log_Z_increment", increment),
-                            ("resampled", fire), ("n_unique", n_unique),
+            x, log_g, accept, step, kernel = _move(new_state.x, new_level, mcmc, kernel)
+            new_state = new_state._replace(x=x, log_g=log_g)
+        for name, value in (("lam", new_state.lam), ("ess", ess), ("log_Z_increment", increment),
+                            ("resampled", fired), ("n_unique", n_unique),
                             ("accept_prob", accept), ("step_size", step)):
             records[name].append(value)
         after = path.counts()
         for key in counts:
             counts[key].append(after[key] - before[key])
         level_cost = after["n_target"] - before["n_target"]
-        lam, level = lam_next, new_level
+        state, level = new_state, new_level
         if callback is not None:
-            callback("advance", n=1, lam=float(lam.min()), ess_fraction=float(ess.min()) / n)
+            callback("advance", n=1, lam=float(state.lam.min()), ess_fraction=float(ess.min()) / n)
     diag = SMCDiagnostics(**{name: torch.stack(v) for name, v in records.items()},
                           counts={key: torch.tensor(v) for key, v in counts.items()},
                           stopped_by_budget=stopped)
-    result = SMCResult(x, log_w, log_Z, diag)
+    result = SMCResult(state.x, state.log_w, state.log_Z, diag)
     return result if n_replicas is not None else _drop_replica_dim(result)
+
+
+class SMCState(NamedTuple):
+    """Particles x `[R, N, d]` at levels lam `[R]`, their normalised float64 log-weights and
+    log-densities log g_lam(x) `[R, N]`, and the running log Z `[R]`."""
+
+    x: Tensor
+    log_w: Tensor
+    log_g: Tensor
+    log_Z: Tensor
+    lam: Tensor
+
+
+class _Setup(NamedTuple):
+    path: Path
+    schedule: Tensor | AdaptiveSchedule
+    proposal: Any
+    backward: Any
+
+
+def _setup(path: Path, schedule: Tensor | AdaptiveSchedule | None, proposal: Any, backward: Any,
+           mcmc: MCMCMove | None, resampling: Resampling) -> _Setup:
+    """Checks the configuration; resolves the default schedule."""
+    if proposal.deterministic != (backward is None):
+        raise ValueError("a stochastic proposal needs a backward kernel; a deterministic map "
+                         "takes none (its weight uses log|det J|)")
+    schedule = path.grid if schedule is None else schedule
+    if schedule is None:
+        raise ValueError("this path has no default grid: pass a schedule")
+    if isinstance(schedule, AdaptiveSchedule):
+        if not isinstance(proposal, Identity):
+            raise ValueError("an adaptive schedule needs the identity proposal")
+    else:
+        schedule = _check_grid(schedule)
+    if mcmc is not None and mcmc.n_steps < 1:
+        raise ValueError("MCMCMove needs n_steps >= 1")
+    return _Setup(path, schedule, proposal, backward)
+
+
+def _init(path: Path, n_rep: int, n: int) -> tuple[SMCState, Any]:
+    """Exact samples of level 0, equal weights, log Z = level 0's (0 when unknown)."""
+    level = path.level(torch.zeros(n_rep, dtype=torch.float64))
+    x = level.sample(n_rep * n).reshape(n_rep, n, -1)
+    f64 = {"dtype": torch.float64, "device": x.device}
+    state = SMCState(x, torch.full((n_rep, n), -math.log(n), **f64), _log_prob(level, x),
+                     torch.full((n_rep,), float(level.log_Z or 0.0), **f64),
+                     torch.zeros(n_rep, **f64))
+    return state, level
+
+
+def _reweight(setup: _Setup, state: SMCState, level: Any, k: int,
+              stop_now: bool) -> tuple[SMCState, Any, Tensor]:
+    """Moves every particle to the next level and reweights by the incremental weight
+    delta = log g_k(x') + log L(x | x') - log g_{k-1}(x) - log M(x' | x); returns the new state
+    (normalised weights), the new level and the log Z increments `[R]`."""
+    path, x = setup.path, state.x
+    if isinstance(setup.proposal, Identity):
+        log_g_at = path.log_prob_fn(x)
+        lam = _next_level(state, k, setup.schedule, log_g_at, stop_now)
+        new_level = path.level(lam)
+        x_new, log_g_new, log_ratio = x, _to64(log_g_at(lam)), 0.0
+    else:
+        lam = _next_level(state, k, setup.schedule, None, stop_now)
+        new_level = path.level(lam)
+        move = setup.proposal.propose(x, level, new_level)
+        x_new, log_g_new = move.x, _log_prob(new_level, move.x)
+        log_ratio = -move.log_q.double()
+        if setup.backward is not None:
+            log_ratio = log_ratio + setup.backward.log_prob(x, move.x, level, new_level).double()
+    delta = torch.nan_to_num(log_g_new - state.log_g + log_ratio, nan=-math.inf)
+    delta = torch.where((state.lam < 1)[:, None], delta, torch.zeros_like(delta))
+    increment = torch.logsumexp(state.log_w + delta, dim=-1)
+    if not bool(torch.isfinite(increment).all()):
+        raise RuntimeError(f"level {k}: every particle of some replica has zero weight")
+    log_w = state.log_w + delta - increment[:, None]
+    return SMCState(x_new, log_w, log_g_new, state.log_Z + increment, lam), new_level, increment
+
+
+def _resample(state: SMCState, fire: Tensor, scheme: str) -> tuple[SMCState, Tensor, Tensor]:
+    """Resamples the replicas where `fire` `[R]`; returns the state, `fire` and the number of
+    distinct ancestors `[R]` (N where nothing was resampled)."""
+    n = state.x.shape[1]
+    n_unique = torch.full(fire.shape, n, dtype=torch.long, device=fire.device)
+    if not bool(fire.any()):
+        return state, fire, n_unique
+    idx = RESAMPLERS[scheme](state.log_w[fire])
+    x, log_g = state.x.clone(), state.log_g.clone()
+    x[fire] = torch.gather(x[fire], 1, idx[..., None].expand(-1, -1, x.shape[-1]))
+    log_g[fire] = torch.gather(log_g[fire], 1, idx)
+    n_unique[fire] = _n_unique(idx)
+    return state._replace(x=x, log_g=log_g, log_w=_reset_weights(state.log_w, fire)), fire, n_unique
 
 
 def _reset_weights(log_w: Tensor, fired: Tensor) -> Tensor:
@@ -282,14 +323,15 @@ def _reset_weights(log_w: Tensor, fired: Tensor) -> Tensor:
     return torch.where(fired[:, None], uniform, log_w)
 
 
-def _next_level(lam: Tensor, k: int, schedule: Tensor | AdaptiveSchedule, log_w: Tensor,
-                log_g: Tensor, log_g_at: Callable[[Tensor], Tensor] | None,
-                stop_now: bool) -> Tensor:
+def _next_level(state: SMCState, k: int, schedule: Tensor | AdaptiveSchedule,
+                log_g_at: Callable[[Tensor], Tensor] | None, stop_now: bool) -> Tensor:
     if stop_now:
-        return torch.ones_like(lam)
+        return torch.ones_like(state.lam)
     if isinstance(schedule, AdaptiveSchedule):
-        return next_lambda(lam, log_w, log_g, log_g_at, schedule)
-    return torch.full_like(lam, float(schedule[min(k, len(schedule) - 1)]))
+        if k > schedule.max_levels:
+            raise RuntimeError(f"adaptive schedule exceeded {schedule.max_levels} levels")
+        return next_lambda(state.lam, state.log_w, state.log_g, log_g_at, schedule)
+    return torch.full_like(state.lam, float(schedule[min(k, len(schedule) - 1)]))
 
 
 def conditional_ess_fraction(log_w: Tensor, delta: Tensor) -> Tensor:

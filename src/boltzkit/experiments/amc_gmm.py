@@ -356,8 +356,9 @@ def _figures(out_dir: Path, summary: list[dict[str, Any]], traces: dict[tuple, l
         for key, ess in traces.items():
             if key[:5] == first[:5] and key[6] == first[6]:
                 ax.plot(range(1, len(ess) + 1), ess, label=key[5])
+        mix, d, a, model, mcmc = first[:5]
         ax.set(xlabel="level", ylabel="ESS / N (before resampling)", yscale="log",
-               title=", ".join(map(str, first[:5])))
+               title=f"{mix}, d = {d}, a = {a:g}, {model} model{', MCMC' if mcmc else ''}")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out_dir / "ess_traces.png", dpi=120)
