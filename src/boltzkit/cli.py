@@ -33,7 +33,7 @@ app = typer.Typer(
     name="boltzkit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Samplers for unnormalised Boltzmann densities, compared at equal energy budget.")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, log_path=False)
 
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Config override key=value (typed by the config field); repeatable.")]

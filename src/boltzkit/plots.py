@@ -116,12 +116,14 @@ def scatter_2d(
 def traces(
     series: Mapping[str, Sequence[float] | ArrayLike], path: str | Path, *,
     title: str = "diagnostics", xlabel: str = "step", ylabel: str = "",
-    log_y: bool = False,
+    log_y: bool = False, first_step: int = 0,
 ) -> Path:
-    """Line plots of 1-D traces (e.g. ESS fraction per annealing step) on one axis."""
+    """Line plots of 1-D traces (e.g. ESS fraction per annealing step) on one axis, x counting
+    from `first_step`."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, values in series.items():
-        ax.plot(_np(values).ravel(), label=label)
+        y = _np(values).ravel()
+        ax.plot(np.arange(first_step, first_step + len(y)), y, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if log_y:
@@ -130,6 +132,35 @@ def traces(
     if len(series) > 1:
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+Curve = tuple[Sequence[float], Sequence[float]]
+
+
+def curve_grid(
+    rows: Mapping[str, Mapping[str, Mapping[str, Curve]]], path: str | Path, *,
+    xlabel: str = "", xscale: str = "linear", yscale: str = "linear", style: str = "o-",
+) -> Path:
+    """A grid of line plots: rows[ylabel][panel title][curve label] = (x, y).
+
+    Every row shares its y label, every column its panel title (taken from the first row);
+    e.g. error against dimension, one column per mixture, one row per metric.
+    """
+    titles = list(dict.fromkeys(t for panels in rows.values() for t in panels))
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(4 * len(titles), 3.2 * len(rows)),
+                             squeeze=False)
+    for i, (ylabel, panels) in enumerate(rows.items()):
+        for j, title in enumerate(titles):
+            ax = axes[i, j]
+            for label, (x, y) in panels.get(title, {}).items():
+                ax.plot(_np(x), _np(y), style, label=label)
+            ax.set(xscale=xscale, yscale=yscale, xlabel=xlabel, ylabel=ylabel)
+            if i == 0:
+                ax.set_title(title, fontsize=9)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        axes[0, 0].legend(handles, labels, fontsize=7)
+    return _save(fig, path, tight=True)
 
 
 def ess_trace(ess_fraction: Mapping[str, ArrayLike], path: str | Path, **kwargs: Any) -> Path:
@@ -192,10 +223,14 @@ def _is_trace(value: Any) -> bool:
     return all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: str | Path, tight: bool = False) -> Path:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Fixed margins: tight_layout draws every figure twice, and figures are drawn per run.
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.13, top=0.88, wspace=0.12)
+    if tight:
+        fig.tight_layout()
+    else:
+        # Fixed margins for the per-run figures: tight_layout draws every figure twice.
+        fig.subplots_adjust(left=0.1, right=0.97, bottom=0.13, top=0.88, wspace=0.12)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

@@ -55,7 +55,7 @@ class RichProgress:
 
     def __init__(self, console: Console | None = None, *, log: Callable[[str], None] | None = None,
                  enabled: bool = True) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, log_path=False)
         self.enabled = enabled
         self._log = log
         self._progress = Progress(
