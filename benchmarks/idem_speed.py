@@ -1,0 +1,199 @@
+"""iDEM speed: the score estimator against its physical floor, and the time per outer iteration
+with the paper's DW-4 and LJ-13 settings, split into estimator, network and reverse SDE, with
+FLOP counts of the EGNN.
+
+    python benchmarks/idem_speed.py                     # reduced steps, extrapolated (minutes)
+    python benchmarks/idem_speed.py --full              # 100 inner steps + 1000 SDE steps
+    python benchmarks/idem_speed.py --inner-steps 10 --sde-steps 50 --targets dw4
+
+Reduced runs time `--inner-steps` inner steps and `--sde-steps` reverse-SDE steps (batch 1000)
+and multiply by 100 / inner-steps and 1000 / sde-steps: every inner step and every SDE step does
+the same work, so this extrapolates the per-iteration cost (first steps are warm-up and are
+excluded). The output says when numbers are extrapolated. Reference implementation (issue 4,
+same machine class): DW-4 103 s, LJ-13 4,630 s per outer iteration; targets 20 s and 900 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from typing import Any
+
+import torch
+
+from boltzkit import targets
+from boltzkit.config import override
+from boltzkit.samplers import idem
+from boltzkit.samplers.idem_core import Particles, buffer_push, mc_score
+
+REFERENCE_S = {"dw4": 103.0, "lj13": 4630.0}
+GOAL_S = {"dw4": 20.0, "lj13": 900.0}
+
+
+def load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def best_of(fn: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def estimator_floor(repeats: int) -> dict[str, float]:
+    """LJ-13, B = 512, K = 1000: S_K vs one batched energy+gradient call on 512,000 configs."""
+    target = targets.get("lj13")
+    cfg = idem.preset("lj13")
+    p = Particles(13, 3)
+    torch.manual_seed(0)
+    x = p.center(torch.randn(512, 39) * 1.2)
+    sigma = torch.rand(512) * 0.5 + 0.05
+    pts = p.center(x.repeat_interleave(1000, 0) + 0.3 * torch.randn(512_000, 39))
+    target.log_prob_and_score(pts[:1000])
+    energy = best_of(lambda: target.log_prob_and_score(pts), repeats)
+    est = best_of(lambda: mc_score(target.log_prob_and_score, x, sigma, 1000, particles=p,
+                                   max_elements=cfg.max_elements), repeats)
+    return {"energy_grad_512k_s": energy, "estimator_s": est, "ratio": est / energy}
+
+
+def egnn_flops(n: int, hidden: int, n_layers: int, batch: int, shared_time: bool) -> dict:
+    """Multiply-add FLOPs (2 per MAC) and transcendental evaluations of one EGNN forward.
+
+    Per edge and layer: two H x H matmuls (edge MLP second layer, coordinate MLP hidden layer),
+    attention and coordinate heads (2H each); 3H SiLUs, one sigmoid, one tanh, one sqrt. Per
+    node and layer: the split first edge layer (2 H^2 MACs) and the node MLP (3 H^2) except in
+    the last layer; in the first layer all nodes share h, so those products are per sample
+    (per batch when t is a scalar, `shared_time`)."""
+    h2 = hidden * hidden
+    edges = batch * n * (n - 1)
+    mm = edges * n_layers * 2 * (2 * h2 + 2 * hidden)
+    first_rows = 1 if shared_time else batch
+    for layer in range(n_layers):
+        rows = first_rows if layer == 0 else batch * n
+        mm += rows * 2 * 2 * h2  # edge_src, edge_dst
+        if layer < n_layers - 1:
+            mm += 2 * (rows * h2 + batch * n * 2 * h2)  # node_self on h, node_agg + node_out
+    trans = edges * n_layers * (3 * hidden + 3) + batch * n * (n_layers - 1) * hidden
+    return {"flop": float(mm), "transcendental": float(trans)}
+
+
+def machine_rates() -> dict[str, float]:
+    """Measured sgemm rate on [20000 x H] @ [H x H] and SiLU cost per element (this machine,
+    current threads)."""
+    a, w = torch.randn(20_000, 128), torch.randn(128, 128)
+    mm = best_of(lambda: torch.nn.functional.linear(a, w), 5)
+    silu = best_of(lambda: torch.nn.functional.silu(a), 5)
+    return {"gemm_gflops": 2 * 20_000 * 128 * 128 / mm / 1e9,
+            "silu_ns_per_element": silu / a.numel() * 1e9}
+
+
+def outer_iteration(name: str, inner_steps: int, sde_steps: int, full: bool) -> dict[str, Any]:
+    target = targets.get(name)
+    cfg = idem.preset(name)
+    n_inner, n_sde = (cfg.n_inner, cfg.n_sde_steps) if full else (inner_steps, sde_steps)
+    run = idem._Training(target, override(cfg, {"n_sde_steps": n_sde}), None, None)
+    run.buffer = buffer_push(run.buffer, run.prior(cfg.buffer_size))
+    run.inner_step()  # warm-up
+    run.seconds = {k: 0.0 for k in run.seconds}
+    start = time.perf_counter()
+    for _ in range(n_inner):
+        run.inner_step()
+    inner_wall = time.perf_counter() - start
+    start = time.perf_counter()
+    run.generate(cfg.n_generate)
+    sde_wall = time.perf_counter() - start
+    inner_factor, sde_factor = cfg.n_inner / n_inner, cfg.n_sde_steps / n_sde
+    out = {
+        "target": name, "extrapolated": not full, "inner_steps_timed": n_inner,
+        "sde_steps_timed": n_sde,
+        "estimator_s_per_step": run.seconds["estimator"] / n_inner,
+        "network_s_per_step": run.seconds["network"] / n_inner,
+        "inner_s_per_step": inner_wall / n_inner,
+        "sde_s_per_step": sde_wall / n_sde,
+        "inner_s": inner_wall * inner_factor, "sde_s": sde_wall * sde_factor,
+    }
+    out["outer_s"] = out["inner_s"] + out["sde_s"]
+    out["reference_s"], out["goal_s"] = REFERENCE_S[name], GOAL_S[name]
+    out["speedup"] = REFERENCE_S[name] / out["outer_s"]
+    net = run.net
+    n = target.n_particles
+    fwd = egnn_flops(n, cfg.hidden, cfg.n_layers, cfg.n_generate, shared_time=True)
+    train = egnn_flops(n, cfg.hidden, cfg.n_layers, cfg.batch_size, shared_time=False)
+    x = run.prior(cfg.n_generate)
+    with torch.no_grad():
+        net(x, 0.5)
+        fwd_s = best_of(lambda: net(x, 0.5), 3)
+    xb, tb = run.prior(cfg.batch_size), torch.rand(cfg.batch_size)
+    fb_s = best_of(lambda: net(xb, tb).square().sum().backward(), 3)
+    out.update(egnn_forward_batch_s=fwd_s, egnn_forward_gflop=fwd["flop"] / 1e9,
+               egnn_forward_transcendental_M=fwd["transcendental"] / 1e6,
+               egnn_fwd_bwd_train_batch_s=fb_s,
+               egnn_fwd_bwd_gflop=3 * train["flop"] / 1e9)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--targets", default="dw4,lj13")
+    ap.add_argument("--inner-steps", type=int, default=5)
+    ap.add_argument("--sde-steps", type=int, default=20)
+    ap.add_argument("--full", action="store_true", help="100 inner + 1000 SDE steps, measured")
+    ap.add_argument("--skip-floor", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None, help="also write the results to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    info: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                            "cpu": platform.processor() or platform.machine(),
+                            "load_before": load()}
+    print(f"# iDEM speed (torch {info['torch']}, {info['threads']} threads, float32); "
+          f"load average before: {info['load_before']}")
+    rates = machine_rates()
+    info["rates"] = rates
+    print(f"machine: sgemm {rates['gemm_gflops']:.0f} GFLOP/s at [20000x128]x[128x128]; "
+          f"SiLU {rates['silu_ns_per_element']:.2f} ns/element")
+    if not args.skip_floor:
+        floor = estimator_floor(args.repeats)
+        info["floor"] = floor
+        print(f"estimator floor (LJ-13, B=512, K=1000): energy+grad of 512,000 configs "
+              f"{floor['energy_grad_512k_s']:.3f} s; S_K {floor['estimator_s']:.3f} s; "
+              f"ratio {floor['ratio']:.2f} (acceptance: <= 1.5)")
+    info["runs"] = []
+    for name in args.targets.split(","):
+        r = outer_iteration(name, args.inner_steps, args.sde_steps, args.full)
+        info["runs"].append(r)
+        tag = "measured" if args.full else (
+            f"extrapolated from {r['inner_steps_timed']} inner / {r['sde_steps_timed']} SDE steps")
+        flops_fwd = r["egnn_forward_gflop"] / r["egnn_forward_batch_s"]
+        flops_fb = r["egnn_fwd_bwd_gflop"] / r["egnn_fwd_bwd_train_batch_s"]
+        print(f"\n## {name} ({tag})\n"
+              f"| part | seconds per step | seconds per outer iteration |\n|---|---|---|\n"
+              f"| estimator (B=512, K={idem.preset(name).n_mc}) | "
+              f"{r['estimator_s_per_step']:.3f} | {100 * r['estimator_s_per_step']:.1f} |\n"
+              f"| network fwd+bwd+Adam (batch 512) | {r['network_s_per_step']:.3f} | "
+              f"{100 * r['network_s_per_step']:.1f} |\n"
+              f"| reverse SDE (batch 1000) | {r['sde_s_per_step']:.4f} | {r['sde_s']:.1f} |\n"
+              f"| **outer iteration** | | **{r['outer_s']:.1f}** (reference "
+              f"{r['reference_s']:.0f}, goal <= {r['goal_s']:.0f}; {r['speedup']:.1f}x) |\n"
+              f"EGNN forward, batch 1000: {r['egnn_forward_batch_s']:.3f} s for "
+              f"{r['egnn_forward_gflop']:.1f} GFLOP + {r['egnn_forward_transcendental_M']:.0f} M "
+              f"transcendentals ({flops_fwd:.0f} GFLOP/s effective); fwd+bwd batch 512: "
+              f"{r['egnn_fwd_bwd_train_batch_s']:.3f} s for ~{r['egnn_fwd_bwd_gflop']:.1f} GFLOP "
+              f"({flops_fb:.0f} GFLOP/s)")
+    info["load_after"] = load()
+    print(f"\nload average after: {info['load_after']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(info, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
