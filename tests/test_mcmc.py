@@ -398,6 +398,8 @@ def test_config_names_and_presets() -> None:
         mcmc_samplers.Config("nuts")
     with pytest.raises(TypeError):
         mcmc_samplers.sample_named("pt", Harmonic(), mcmc_samplers.MALAConfig(), n_samples=1)
+    with pytest.raises(ValueError, match="burn_in"):
+        mcmc_samplers.sample(Harmonic(), mcmc_samplers.MALAConfig(burn_in=1.0), n_samples=1)
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path) -> None:

@@ -211,8 +211,11 @@ def _configurational_temperature(target: Target, samples: Tensor) -> float | str
     try:
         from boltzkit.thermo import configurational_temperature
     except ImportError:
-        return "unavailable (boltzkit.thermo missing)"
-    value = configurational_temperature(target, samples)
+        return "unavailable (no boltzkit.thermo.configurational_temperature)"
+    try:
+        value = configurational_temperature(target, samples)
+    except (AttributeError, TypeError) as err:  # signature drift must not lose a finished run
+        return f"unavailable ({type(err).__name__}: {err})"
     return float(value[0] if isinstance(value, tuple) else value)
 
 

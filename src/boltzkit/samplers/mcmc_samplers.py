@@ -167,22 +167,20 @@ def sample(
 ) -> SampleResult:
     """n_samples detached T = 1 samples `[n_samples, dim]` (equally weighted, log_w None)."""
     started = time.perf_counter()
+    _validate(config)
     pt = build(config)
     n_walkers = pt.n_temps * config.n_chains
     step_cost = n_walkers * pt.kernel.evals_per_step
-    init_cost = n_walkers * (1 + config.init_relax_steps)
     counts0 = dict(target.counter.as_dict())
     ckpt = _load(run_dir) if resume else None
     spent_before = ckpt["counts"] if ckpt else {k: 0 for k in counts0}
     budget_left = None if budget is None else budget - spent_before["n_energy"]
     if ckpt is None:
+        init_cost = n_walkers * (1 + config.init_relax_steps)
         if budget_left is not None and budget_left < init_cost + step_cost:
             raise ValueError(f"budget {budget} does not pay for the start and one step of "
                              f"{n_walkers} walkers ({init_cost + step_cost} energy evaluations)")
-        x = _initial_x(target, config, pt.n_temps, x0)
-        x = relax(x, target, config.init_relax_steps, config.init_relax_max_move)
-        state = pt.init(x, target)
-        run = _Run(pt.n_temps)
+        pt, state, run = _start(pt, target, config, x0)
     else:
         pt, state, run = _restore(pt, ckpt, config)
     remaining = None if budget_left is None else (
@@ -223,6 +221,23 @@ def sample(
         wall_s=time.perf_counter() - started)
     counts = _counts(target, counts0, spent_before)
     return SampleResult(samples, None, None, diagnostics, counts)
+
+
+def _validate(config: ChainsConfig) -> None:
+    if not 0.0 <= config.burn_in < 1.0:
+        raise ValueError(f"burn_in is a fraction in [0, 1), got {config.burn_in}")
+    if config.n_chains < 1 or config.thinning < 1 or config.init_relax_steps < 0:
+        raise ValueError("n_chains and thinning must be positive, init_relax_steps >= 0")
+    if isinstance(config, PTConfig) and (config.n_temps < 1 or config.T_max < 1.0):
+        raise ValueError(f"need n_temps >= 1 and T_max >= 1, got {config.n_temps}, "
+                         f"{config.T_max}")
+
+
+def _start(pt: ParallelTempering, target: Any, config: ChainsConfig, x0: Tensor | None
+           ) -> tuple[ParallelTempering, PTState, _Run]:
+    x = _initial_x(target, config, pt.n_temps, x0)
+    x = relax(x, target, config.init_relax_steps, config.init_relax_max_move)
+    return pt, pt.init(x, target), _Run(pt.n_temps)
 
 
 # ---- the run's bookkeeping -------------------------------------------------------------
