@@ -201,7 +201,10 @@ def run(out_dir: Path, overrides: list[str], callback: Callable[..., None]) -> d
     callback("end")
     _write_csv(out_dir / "learned_levels.csv", learned_rows)
     summary = summarise(rows)
-    (out_dir / "results.md").write_text(markdown_table(summary))
+    (out_dir / "results.md").write_text(markdown_table(summary) + "\n" + "\n".join(
+        pivot_table(summary, m, label) for m, label in (
+            ("mode_weight_error_pp", "mode-weight error (pp)"),
+            ("abs_log_Z_error", "abs log Z error"), ("min_ess_fraction", "min ESS/N"))))
     if any(c.figures for c in blocks):
         _figures(out_dir, summary, traces)
     return headline(summary, preset, time.perf_counter() - started, len(rows))
@@ -275,6 +278,23 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
             f"{s['min_ess_fraction']:.3f} | "
             f"{s['n_resampled']:.1f} | {s['n_target']:.0f} | {s['n_net']:.0f} | "
             f"{s['n_jvp']:.2g} | {s['wall_s']:.1f} |\n")
+    return "".join(lines)
+
+
+def pivot_table(summary: list[dict[str, Any]], metric: str, label: str) -> str:
+    """Mean `metric` over seeds, one row per (mixture, a, model, mcmc, kernel), one column per
+    dimension d (markdown)."""
+    dims = sorted({s["d"] for s in summary})
+    cells: dict[tuple, dict[int, float]] = {}
+    for s in summary:
+        key = (s["mixture"], s["a"], s["model"], "yes" if s["mcmc"] else "no", s["kernel"])
+        cells.setdefault(key, {})[s["d"]] = s[metric]
+    lines = [f"{label}, mean over seeds\n\n",
+             "| mixture | a | model | MCMC | kernel | " + " | ".join(f"d={d}" for d in dims)
+             + " |\n", "|---" * (5 + len(dims)) + "|\n"]
+    for (mix, a, model, mcmc, kernel), by_d in cells.items():
+        values = " | ".join(f"{by_d[d]:.3g}" if d in by_d else "" for d in dims)
+        lines.append(f"| {mix} | {a:g} | {model} | {mcmc} | {kernel} | {values} |\n")
     return "".join(lines)
 
 
