@@ -323,6 +323,45 @@ def test_pt_state_stays_consistent_and_swaps_cost_nothing() -> None:
     assert torch.allclose(state.chains.score, tempered.score(state.chains.x))
 
 
+class Gaussian2D(Target):
+    """N(0, S) with S = [[1, 0.8], [0.8, 1]]; exact samples at every temperature (T S)."""
+
+    cov = torch.tensor([[1.0, 0.8], [0.8, 1.0]], dtype=F64)
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        return -0.5 * (x * (x @ torch.linalg.inv(self.cov).to(x))).sum(-1)
+
+    def exact(self, temperatures: Tensor, n: int) -> Tensor:
+        eps = torch.randn(len(temperatures), n, 2, dtype=F64)
+        return temperatures.sqrt().view(-1, 1, 1) * eps @ torch.linalg.cholesky(self.cov).T
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_pt_leaves_every_tempered_replica_invariant(broken: bool, monkeypatch) -> None:
+    """Replicas start at exact samples of their tempered targets; after kernel moves and swaps
+    each still has covariance T_k S. Broken variant: the swap ratio with its sign flipped."""
+    if broken:
+        import boltzkit.tempering as tempering
+
+        monkeypatch.setattr(tempering, "swap_log_ratio",
+                            lambda *a: -swap_log_ratio(*a))
+    torch.manual_seed(0)
+    target, n = Gaussian2D(), 10_000
+    pt = ParallelTempering(MALA(0.5), geometric_ladder(4, 8.0))
+    temps = torch.tensor(pt.temperatures, dtype=F64)
+    state = pt.init(target.exact(temps, n), target)
+    for _ in range(4):
+        state, _ = pt.step(state, target)
+    x = state.chains.x
+    second = torch.stack([x[..., 0] ** 2, x[..., 1] ** 2, x[..., 0] * x[..., 1]], -1)
+    truth = temps.view(-1, 1) * torch.tensor([1.0, 1.0, 0.8], dtype=F64)
+    z = (second.mean(1) - truth) / (second.std(1) / math.sqrt(n))
+    assert (z.abs().max() > Z) == broken
+
+
 def test_ladder_adaptation_keeps_ends_and_rescales_the_state() -> None:
     target = Mixture2D()
     pt = ParallelTempering(MALA(0.1), geometric_ladder(4, 8.0))
