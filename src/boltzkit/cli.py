@@ -284,6 +284,7 @@ def demo_command(
                    ] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     n_samples: Annotated[int, typer.Option(help="Samples per sampler.")] = 1000,
+    figures: Annotated[bool, typer.Option(help="Draw the PNG figures.")] = True,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """DW-4: parallel tempering vs MALA at the same energy budget (what `make run` shows)."""
@@ -291,7 +292,7 @@ def demo_command(
 
     try:
         demo.main(console=console, err_console=err_console, budget=budget, out=out, seed=seed,
-                  n_samples=n_samples, quiet=quiet)
+                  n_samples=n_samples, figures=figures, quiet=quiet)
     except runner.UsageError as err:
         raise fail(str(err)) from None
 

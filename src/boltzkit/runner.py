@@ -13,6 +13,7 @@ import inspect
 import json
 import random
 import time
+import traceback
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -232,9 +233,16 @@ def _execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
              log: Callable[[str], None] | None, resume: bool, figures: bool) -> RunOutcome:
     seed_everything(int(record["seed"]))
     start = time.perf_counter()
-    result = module.sample(target, config, n_samples=int(record["n_samples"]),
-                           budget=int(record["budget"]), callback=callback, run_dir=run_dir,
-                           resume=resume)
+    try:
+        result = module.sample(target, config, n_samples=int(record["n_samples"]),
+                               budget=int(record["budget"]), callback=callback, run_dir=run_dir,
+                               resume=resume)
+    except ValueError as err:
+        # Samplers validate their inputs with ValueError (e.g. a budget too small for one
+        # step): a usage error, with the traceback kept in the log for the rare real bug.
+        if log:
+            log(traceback.format_exc())
+        raise UsageError(f"sampler {record['sampler']!r}: {err}") from None
     wall_s = time.perf_counter() - start
     rundir.write_samples(run_dir, result.samples, result.log_w, result.log_Z)
     rundir.write_json(run_dir / rundir.DIAGNOSTICS_FILE,
