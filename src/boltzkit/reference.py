@@ -201,22 +201,24 @@ def _generate(target: Target, n_samples: int, config: PTConfig, seed: int,
 
 def _checks(target: Target, samples: Tensor) -> dict[str, Any]:
     quiet = target.uncounted()
-    checks: dict[str, Any] = {"configurational_temperature": _configurational_temperature(
-        quiet, samples)}
+    checks = _configurational_temperature(quiet, samples)
     checks.update(_against_published(quiet, samples))
     return checks
 
 
-def _configurational_temperature(target: Target, samples: Tensor) -> float | str:
+def _configurational_temperature(target: Target, samples: Tensor) -> dict[str, Any]:
+    """theta = E|grad E|^2 / E[lap E] (1 for samples of the target) and its SE, which assumes
+    independent samples."""
     try:
         from boltzkit.thermo import configurational_temperature
     except ImportError:
-        return "unavailable (no boltzkit.thermo.configurational_temperature)"
+        return {"configurational_temperature": "unavailable (no boltzkit.thermo)"}
     try:
-        value = configurational_temperature(target, samples)
-    except (AttributeError, TypeError) as err:  # signature drift must not lose a finished run
-        return f"unavailable ({type(err).__name__}: {err})"
-    return float(value[0] if isinstance(value, tuple) else value)
+        theta, se = configurational_temperature(target, samples)
+    except ValueError as err:  # non-finite gradients: recorded, the samples are kept
+        return {"configurational_temperature": f"unavailable ({err})"}
+    return {"configurational_temperature": float(theta), "configurational_temperature_se":
+            float(se)}
 
 
 def _against_published(target: Target, samples: Tensor) -> dict[str, Any]:
