@@ -68,8 +68,9 @@ def test_level_diagnostics_are_exact_for_a_correct_model(net_cls: type) -> None:
     assert float(diag.fisher.max()) < 1e-12
     if net_cls is EnergyNet:
         assert torch.allclose(diag.ess_fraction, torch.ones(4, dtype=torch.float64))
+        assert torch.allclose(diag.mode_weights, torch.ones(4, 1, dtype=torch.float64))
     else:
-        assert bool(diag.ess_fraction.isnan().all())
+        assert bool(diag.ess_fraction.isnan().all() and diag.mode_weights.isnan().all())
 
 
 @pytest.mark.parametrize("covariance", ["full", "diagonal"])

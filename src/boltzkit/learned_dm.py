@@ -11,7 +11,10 @@ Diagnostics per noise level t, on exact samples x ~ p_t of the perfect model:
 - ESS fraction of the learned log-density against the exact one: Kish ESS / N of the weights
   log w = log p_theta,t(x) - log p_t(x) (`boltzkit.estimators.ess_fraction`), which is 1 iff
   the learned density equals p_t up to a constant; annealed MC needs exactly that, while
-  samplers that only follow the score need a small Fisher divergence.
+  samplers that only follow the score need a small Fisher divergence;
+- the mode weights of the learned density (self-normalised with the same weights): score
+  matching pins log p_t down only up to a constant on each region the data connect, so at low
+  noise the relative mass of separated modes is barely constrained.
 
 >>> import torch
 >>> from boltzkit.diffusion import VPSchedule
@@ -186,13 +189,17 @@ def train_dsm(target: Target, schedule: Schedule, config: DSMConfig = DSMConfig(
 
 
 class LevelDiagnostics(NamedTuple):
-    """Per noise level: times `[L]`, log_snr `[L]`, fisher `[L]` (E|s_theta - s|^2) and
-    ess_fraction `[L]` of the learned log-density against the exact one (NaN for score nets)."""
+    """Per noise level: times `[L]`, log_snr `[L]`, fisher `[L]` (E|s_theta - s|^2),
+    ess_fraction `[L]` of the learned log-density against the exact one, and mode_weights
+    `[L, K]`: the component weights of the learned density, sum_i w_i 1[x_i in k] / sum_i w_i
+    with w = p_theta,t / p_t on exact samples (components of the noised mixture; the exact
+    values are the mixture weights). NaN where the model has no log-density."""
 
     times: Tensor
     log_snr: Tensor
     fisher: Tensor
     ess_fraction: Tensor
+    mode_weights: Tensor
 
 
 def level_diagnostics(learned: LearnedModel, perfect: Any, times: Tensor,
@@ -200,7 +207,7 @@ def level_diagnostics(learned: LearnedModel, perfect: Any, times: Tensor,
     """Compares `learned` with the perfect model at each time in `times` (0 < t <= t_max), on
     exact samples of p_t; nothing is charged to either model's counters."""
     times = torch.as_tensor(times, dtype=torch.float64)
-    fisher, ess = [], []
+    fisher, ess, modes = [], [], []
     for t in times.tolist():
         exact = perfect.marginal(t).uncounted()
         x = exact.sample(n_samples)
@@ -208,11 +215,16 @@ def level_diagnostics(learned: LearnedModel, perfect: Any, times: Tensor,
         alpha, sigma = learned.coefficients(t)
         s_learned = learned.net.score(x, alpha, sigma).detach()
         fisher.append(float(((s_learned - s_exact) ** 2).sum(-1).mean()))
+        n_modes = exact.n_components
         if learned.has_log_prob:
             log_w = -learned.net(x, alpha, sigma).detach() - exact.log_prob(x)
             ess.append(float(estimators.ess_fraction(log_w)))
+            weights = torch.softmax(log_w, 0)
+            modes.append(torch.zeros(n_modes, dtype=torch.float64).index_add_(
+                0, exact.assign(x), weights))
         else:
             ess.append(float("nan"))
+            modes.append(torch.full((n_modes,), float("nan"), dtype=torch.float64))
     f64 = torch.float64
     return LevelDiagnostics(times, learned.schedule.log_snr(times), torch.tensor(fisher, dtype=f64),
-                            torch.tensor(ess, dtype=f64))
+                            torch.tensor(ess, dtype=f64), torch.stack(modes))

@@ -149,7 +149,7 @@ def run_one(target: GaussianMixture, model: Any, kernel_name: str, use_mcmc: boo
 
 
 def _models(cfg: Config, target: GaussianMixture, key: dict[str, Any], log: Callable,
-            learned_rows: list[dict[str, Any]]) -> dict[str, Any]:
+            learned_rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
     """The diffusion models of `cfg.models` for one target (learned ones trained here)."""
     schedule = SCHEDULES[cfg.schedule]()
     out: dict[str, Any] = {}
@@ -169,11 +169,14 @@ def _models(cfg: Config, target: GaussianMixture, key: dict[str, Any], log: Call
             f"({time.perf_counter() - start:.0f} s)")
         times = time_grid(schedule, cfg.n_steps, cfg.grid, t_min=cfg.t_min)[1:-1]
         diag = level_diagnostics(trained.model, PerfectModel(target, schedule), times)
+        mode_err = 100 * (diag.mode_weights - target.weights).abs().amax(-1)
         for i in range(len(times)):
             learned_rows.append({**key, "model": name, "t": float(diag.times[i]),
                                  "log_snr": float(diag.log_snr[i]),
                                  "fisher": float(diag.fisher[i]),
-                                 "ess_fraction": float(diag.ess_fraction[i])})
+                                 "ess_fraction": float(diag.ess_fraction[i]),
+                                 "learned_mode_weight_error_pp": float(mode_err[i])})
+            _append_csv(out_dir / "learned_levels.csv", learned_rows[-1])
         out[name] = trained.model
     return out
 
@@ -189,7 +192,8 @@ def run(out_dir: Path, overrides: list[str], callback: Callable[..., None]) -> d
             raise KeyError(f"unknown kernel(s) {unknown}; valid kernels: {', '.join(KERNELS)}")
     (out_dir / "configs.json").write_text(json.dumps(
         {"preset": preset, "blocks": [configs.to_dict(c) for c in blocks]}, indent=2))
-    (out_dir / "results.csv").unlink(missing_ok=True)
+    for name in ("results.csv", "learned_levels.csv"):
+        (out_dir / name).unlink(missing_ok=True)
     rows: list[dict[str, Any]] = []
     learned_rows: list[dict[str, Any]] = []
     traces: dict[tuple, list[float]] = {}
@@ -199,7 +203,6 @@ def run(out_dir: Path, overrides: list[str], callback: Callable[..., None]) -> d
     for cfg in blocks:
         _run_block(cfg, out_dir, callback, rows, learned_rows, traces)
     callback("end")
-    _write_csv(out_dir / "learned_levels.csv", learned_rows)
     summary = summarise(rows)
     (out_dir / "results.md").write_text(markdown_table(summary) + "\n" + "\n".join(
         pivot_table(summary, m, label) for m, label in (
@@ -216,7 +219,8 @@ def _run_block(cfg: Config, out_dir: Path, callback: Callable[..., None],
     """All runs of one block, appended to rows / learned_rows / traces (and results.csv)."""
     for mix, d, a in itertools.product(cfg.mixtures, cfg.dims, cfg.separations):
         target, key = make_mixture(mix, d, a), {"mixture": mix, "d": d, "a": a}
-        models = _models(cfg, target, key, lambda m: callback("log", message=m), learned_rows)
+        models = _models(cfg, target, key, lambda m: callback("log", message=m), learned_rows,
+                         out_dir)
         for (name, model), use_mcmc, kernel, seed in itertools.product(
                 models.items(), cfg.mcmc, cfg.kernels, cfg.seeds):
             if not _valid(name, use_mcmc, kernel):
@@ -331,14 +335,6 @@ def _append_csv(path: Path, row: dict[str, Any]) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as fh:
-        if rows:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
 
 
 def _figures(out_dir: Path, summary: list[dict[str, Any]], traces: dict[tuple, list[float]]
