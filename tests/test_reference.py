@@ -141,10 +141,26 @@ def test_dw4_reference_matches_the_published_set(cache) -> None:
     else:
         assert checks["energy_w2_vs_published"] == pytest.approx(
             reference._compare(target, made.samples, test, "p")["energy_w2_p"])
-        assert "energy_w2_published_val_vs_test" in checks
+        assert checks["energy_w2_published_val_vs_test"] == pytest.approx(floor["energy_w2_x"])
 
 
 def test_configurational_temperature_is_recorded(cache) -> None:
     pytest.importorskip("boltzkit.thermo")
     made = reference.make_reference(Harmonic(), 320, config=SMALL)
     assert made.metadata["checks"]["configurational_temperature"] == pytest.approx(1.0, abs=0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(rundir.published_reference("lj13") is None, reason="../shared/data absent")
+def test_lj13_preset_reference_matches_the_published_set(cache) -> None:
+    """The lj13 preset (about a minute on one core for n = 1000): energy W2 and distance TV
+    against the published test split within twice the published val-vs-test floor."""
+    target = targets.get("lj13")
+    made = reference.make_reference(target, 1000)
+    checks = made.metadata["checks"]
+    assert checks["published_val_n"] == 1000
+    floor_w2, floor_tv = (checks[f"{m}_published_val_vs_test"] for m in ("energy_w2",
+                                                                        "distance_tv"))
+    assert checks["energy_w2_vs_published"] < 2.0 * floor_w2 + 0.05
+    assert checks["distance_tv_vs_published"] < 2.0 * floor_tv + 0.01
+    assert abs(checks["configurational_temperature"] - 1.0) < 0.05
