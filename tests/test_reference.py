@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from boltzkit import metrics, reference, rundir, targets
+from boltzkit.samplers import mcmc_samplers
 from boltzkit.samplers.mcmc_samplers import PTConfig
 from boltzkit.targets.base import Target
 
@@ -88,7 +89,9 @@ def test_fingerprint_sees_parameters_and_temperature() -> None:
 
 def test_overrides_and_names() -> None:
     made = reference.reference_config("dw4")
-    assert made.n_temps == reference.PRESETS["dw4"]["n_temps"]
+    assert made.thinning == reference.PRESETS["dw4"]["thinning"]
+    assert made.T_max == mcmc_samplers.PRESETS["dw4"]["T_max"]
+    assert reference.reference_config("unknown") == PTConfig()
     with pytest.raises(KeyError, match="valid keys"):
         reference.make_reference(Harmonic(), 8, sets=["n_chain=3"])
     with pytest.raises(ValueError, match="params"):

@@ -2,10 +2,10 @@
 
     samples, metadata = make_reference("dw4", 10_000)        # or a Target instance
 
-The run is `boltzkit.samplers.mcmc_samplers` with a `PTConfig` (presets in `PRESETS`: long
-thinning, burn-in adapting step sizes and ladder, then a frozen exact kernel); samples are the
-T = 1 replicas. The RNG is seeded with `seed` inside `torch.random.fork_rng`, so a reference is
-reproducible and the caller's RNG state is left alone.
+The run is `boltzkit.samplers.mcmc_samplers` with a `PTConfig` (`reference_config(name)`: the
+sampler's preset with longer thinning; burn-in adapts step sizes and ladder, then the kernel is
+frozen and exact); samples are the T = 1 replicas. The RNG is seeded with `seed` inside
+`torch.random.fork_rng`, so a reference is reproducible and the caller's RNG state is left alone.
 
 Cache: `$BOLTZKIT_CACHE/references/<name>-<hash>.npz` (BOLTZKIT_CACHE defaults to
 ~/.cache/boltzkit), the hash covering the target's fingerprint (its name, dimensions and
@@ -37,18 +37,17 @@ from torch import Tensor
 
 import boltzkit
 from boltzkit.samplers import Callback, null_callback
-from boltzkit.samplers.mcmc_samplers import PTConfig, sample
+from boltzkit.samplers.mcmc_samplers import PRESETS as SAMPLER_PRESETS
+from boltzkit.samplers.mcmc_samplers import PTConfig, preset, sample
 from boltzkit.targets.base import Target
 
+# On top of the sampler presets (`mcmc_samplers.PRESETS`): long thinning for nearly independent
+# samples, and more chains where they are cheap.
 PRESETS: dict[str, dict[str, Any]] = {
-    "dw4": {"n_chains": 256, "n_temps": 6, "T_max": 10.0, "step_size": 0.05, "thinning": 50,
-            "burn_in": 0.2, "init_scale": 1.5},
-    "lj13": {"n_chains": 128, "n_temps": 8, "T_max": 4.0, "step_size": 1e-4, "thinning": 100,
-             "burn_in": 0.2, "init_scale": 1.0, "init_relax_steps": 100},
-    "lj55": {"n_chains": 64, "n_temps": 12, "T_max": 4.0, "step_size": 1e-5, "thinning": 200,
-             "burn_in": 0.3, "init_scale": 1.2, "init_relax_steps": 200, "dtype": "float32"},
-    "phi4": {"n_chains": 128, "n_temps": 6, "T_max": 3.0, "step_size": 0.05, "thinning": 50,
-             "burn_in": 0.2, "init_scale": 0.5},
+    "dw4": {"n_chains": 256, "step_size": 0.05, "thinning": 50, "burn_in": 0.2},
+    "lj13": {"thinning": 100, "burn_in": 0.2},
+    "lj55": {"n_temps": 12, "thinning": 200, "burn_in": 0.3},
+    "phi4": {"n_chains": 128, "thinning": 50, "burn_in": 0.2},
 }
 DEFAULT_N_SAMPLES = 10_000
 _FINGERPRINT_POINTS = 16
@@ -62,8 +61,10 @@ class ReferenceSet(NamedTuple):
 
 
 def reference_config(name: str) -> PTConfig:
-    """The PT config for target `name` (`PRESETS`, else the PTConfig defaults)."""
-    return dataclasses.replace(PTConfig(), **PRESETS.get(name, {}))
+    """The PT config for target `name`: the sampler preset of that name (else the PTConfig
+    defaults) with `PRESETS[name]` on top."""
+    base = preset(name, sampler="pt") if name in SAMPLER_PRESETS else PTConfig()
+    return dataclasses.replace(base, **PRESETS.get(name, {}))
 
 
 def cache_dir() -> Path:

@@ -101,7 +101,6 @@ class PTConfig(ChainsConfig):
     ladder_every: int = 50  # steps between ladder updates
 
 
-AnyConfig = RWMHConfig | MALAConfig | HMCConfig | PTConfig
 CONFIGS: dict[str, type[ChainsConfig]] = {
     "rwmh": RWMHConfig, "mala": MALAConfig, "hmc": HMCConfig, "pt": PTConfig}
 
