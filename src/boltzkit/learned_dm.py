@@ -191,9 +191,10 @@ def train_dsm(target: Target, schedule: Schedule, config: DSMConfig = DSMConfig(
 class LevelDiagnostics(NamedTuple):
     """Per noise level: times `[L]`, log_snr `[L]`, fisher `[L]` (E|s_theta - s|^2),
     ess_fraction `[L]` of the learned log-density against the exact one, and mode_weights
-    `[L, K]`: the component weights of the learned density, sum_i w_i 1[x_i in k] / sum_i w_i
-    with w = p_theta,t / p_t on exact samples (components of the noised mixture; the exact
-    values are the mixture weights). NaN where the model has no log-density."""
+    `[L, K]`: the component weights of the learned density, sum_i w_i r_k(x_i) / sum_i w_i
+    with w = p_theta,t / p_t on exact samples and r_k the responsibilities of the noised
+    mixture's components (exact value: the mixture weights, at every noise level). NaN where
+    the model has no log-density."""
 
     times: Tensor
     log_snr: Tensor
@@ -219,9 +220,9 @@ def level_diagnostics(learned: LearnedModel, perfect: Any, times: Tensor,
         if learned.has_log_prob:
             log_w = -learned.net(x, alpha, sigma).detach() - exact.log_prob(x)
             ess.append(float(estimators.ess_fraction(log_w)))
-            weights = torch.softmax(log_w, 0)
-            modes.append(torch.zeros(n_modes, dtype=torch.float64).index_add_(
-                0, exact.assign(x), weights))
+            # Responsibilities rather than hard assignment: E_{p_t}[r_k] = w_k at every noise level.
+            resp = torch.softmax(exact.component_log_prob(x), -1)
+            modes.append(torch.softmax(log_w, 0) @ resp)
         else:
             ess.append(float("nan"))
             modes.append(torch.full((n_modes,), float("nan"), dtype=torch.float64))
