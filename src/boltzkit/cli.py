@@ -172,7 +172,7 @@ def sample_command(
     except runner.UsageError as err:
         raise fail(str(err)) from None
     record = runner.rundir.read_record(outcome.run_dir)
-    title = f"{record['target']} / {record['sampler']}: {outcome.metrics.get('n_samples')} " \
+    title = f"{record['target']} / {record['sampler']}: {int(outcome.metrics['n_samples'])} " \
             f"samples, budget {record['budget']:,} energy evals, {outcome.wall_s:.1f} s"
     console.print(metrics_table(outcome.metrics, title))
     console.print(f"reference: {outcome.reference.source}"

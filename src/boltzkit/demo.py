@@ -32,7 +32,7 @@ SETS = ("init_relax_steps=100",)
 BUDGET = 1_000_000  # energy evaluations per sampler
 N_SAMPLES = 1000
 # (column title, metrics.json key): each value is shown with its noise floor `<key>_floor`.
-COLUMNS = (("energy W2", "energy_w2"), ("distance TV", "distance_tv"), ("x-W2", "x_w2"))
+COLUMNS = (("energy W2", "energy_w2"), ("dist. TV", "distance_tv"), ("x-W2", "x_w2"))
 
 
 def main(*, console: Console, err_console: Console, budget: int | None = None,
@@ -120,7 +120,7 @@ def _rows(summary: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name, m in runs.items():
         rows.append([name, *(_value(m, key) for _, key in COLUMNS),
-                     f"{int(m.get('count_n_energy') or 0):,}", f"{m['wall_s']:.1f}"])
+                     f"{int(m.get('count_n_energy') or 0):,}", f"{m['wall_s']:.0f}"])
     first = next(iter(runs.values()))
     rows.append(["noise floor", *(_floor(first, key) for _, key in COLUMNS), "-", "-"])
     return rows
@@ -130,17 +130,18 @@ def _floor_note(summary: dict[str, Any]) -> str:
     first = next(iter(summary["runs"].values()))
     n = int(first.get("n_eval") or 0)
     return (f"noise floor: reference vs reference, {n} vs {n} (disjoint subsets), "
-            "mean±std over 3 splits; lower is better")
+            "mean±std over 3 splits; dist. TV: interatomic distances; evals: energy "
+            "evaluations spent; time: sampling only; lower is better")
 
 
-HEADER = ["sampler", *(title for title, _ in COLUMNS), "energy evals", "sampling s"]
+HEADER = ["sampler", *(title for title, _ in COLUMNS), "evals", "time s"]
 
 
 def rich_table(summary: dict[str, Any]) -> Table:
     table = Table(title=f"DW-4 at equal budget ({summary['budget']:,} energy evaluations)",
                   caption=_floor_note(summary), header_style="bold")
     for i, col in enumerate(HEADER):
-        table.add_column(col, justify="left" if i == 0 else "right")
+        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
     for row in _rows(summary):
         table.add_row(*row)
     return table
@@ -162,5 +163,6 @@ def markdown(summary: dict[str, Any]) -> str:
         "|" + "|".join("---" for _ in HEADER) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(summary)]
-    lines += ["", f"{_floor_note(summary).capitalize()}."]
+    note = _floor_note(summary)
+    lines += ["", f"{note[0].upper()}{note[1:]}."]
     return "\n".join(lines) + "\n"
