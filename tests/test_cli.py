@@ -217,6 +217,8 @@ def test_badly_typed_override_says_so(fake, tmp_path):
 def test_unknown_preset_and_target_param(fake, tmp_path):
     assert_clean_error(sample(tmp_path / "r", "--preset", "narrow"), "narrow", "wide")
     assert_clean_error(sample(tmp_path / "r", "--target-param", "d=3"), "target parameter")
+    bad_value = sample(tmp_path / "r", "--target-param", "variant=bogus", target="two-modes")
+    assert_clean_error(bad_value, "two-modes", "isotropic")
 
 
 def test_wrong_shape_reference_is_a_clear_error(fake, tmp_path):

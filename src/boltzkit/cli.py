@@ -97,7 +97,9 @@ def command_line(ctx: typer.Context) -> list[str]:
 @app.command("targets")
 def targets_command() -> None:
     """List the registered targets and what is known about each."""
-    table = Table(title="boltzkit targets", header_style="bold")
+    table = Table(title="boltzkit targets", header_style="bold", caption=(
+        "reference: exact = drawn by the exact sampler; cached = made by `boltzkit reference`; "
+        "published = ../shared/data; none yet = run `boltzkit reference NAME`"))
     table.add_column("name", no_wrap=True)
     for col in ("dim", "particles", "exact samples?", "log Z known?", "reference available?"):
         table.add_column(col)

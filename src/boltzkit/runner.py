@@ -78,7 +78,10 @@ def build_target(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> T
         raise UsageError(f"target {name!r}: {err}") from None
     kwargs = {f.name: getattr(typed, f.name) for f in dataclasses.fields(typed)}
     changed = {k: v for k, v in kwargs.items() if k in _as_dict(params)}
-    return targets.get(name, **changed)
+    try:
+        return targets.get(name, **changed)
+    except (ValueError, TypeError) as err:  # factories validate their parameters
+        raise UsageError(f"target {name!r}: {err}") from None
 
 
 def target_params(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> dict[str, Any]:
@@ -396,14 +399,12 @@ def _replace_nested(base: Any, values: Mapping[str, Any]) -> Any:
 def resolve_reference_source(target: Target, target_name: str) -> str:
     """Where `boltzkit sample` would take this target's reference from (nothing is loaded)."""
     if target.has_exact_samples:
-        return "exact sampler"
-    path = project_reference_path(target_name, target)
-    if path is not None:
-        return f"project cache ({path.name})"
-    published = rundir.published_reference(target_name)
-    if published is not None:
-        return f"published ({published.name})"
-    return "none yet: `boltzkit reference`"
+        return "exact"
+    if project_reference_path(target_name, target) is not None:
+        return "cached"
+    if rundir.published_reference(target_name) is not None:
+        return "published"
+    return "none yet"
 
 
 def summary_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
