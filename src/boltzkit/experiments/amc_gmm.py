@@ -361,7 +361,7 @@ def _figures(out_dir: Path, summary: list[dict[str, Any]], traces: dict[tuple, l
                     axes[1, j].plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=kernel)
             axes[0, j].set_title(f"{mix}, a = {a:g}")
             for i, label in enumerate(("mode-weight error (pp)", "|log Z error|")):
-                axes[i, j].set(xscale="log", yscale="symlog", xlabel="d", ylabel=label)
+                axes[i, j].set(xscale="log", yscale="log", xlabel="d", ylabel=label)
         axes[0, -1].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out_dir / "error_vs_dim.png", dpi=120)
