@@ -163,6 +163,26 @@ def curve_grid(
     return _save(fig, path, tight=True)
 
 
+def image_grid(
+    images: Mapping[str, Mapping[str, ArrayLike]], path: str | Path, *,
+    extent: tuple[float, float, float, float] | None = None, cmap: str = "viridis",
+) -> Path:
+    """A grid of 2-D images (e.g. densities on a grid): images[row][column] = array `[ny, nx]`
+    with row 0 at the bottom (`origin="lower"`); each panel titled "row, column"."""
+    rows = list(images)
+    cols = list(dict.fromkeys(c for panels in images.values() for c in panels))
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3 * len(cols), 2.6 * len(rows)),
+                             squeeze=False)
+    for i, row in enumerate(rows):
+        for j, col in enumerate(cols):
+            ax = axes[i, j]
+            ax.set_xticks([]), ax.set_yticks([])
+            if col in images[row]:
+                ax.imshow(_np(images[row][col]), origin="lower", extent=extent, cmap=cmap)
+                ax.set_title(f"{row}, {col}", fontsize=8)
+    return _save(fig, path, tight=True)
+
+
 def ess_trace(ess_fraction: Mapping[str, ArrayLike], path: str | Path, **kwargs: Any) -> Path:
     """ESS / N against step (Kish ESS; see boltzkit.estimators.ess)."""
     kwargs.setdefault("title", "effective sample size")
