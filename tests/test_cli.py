@@ -263,14 +263,15 @@ def test_demo_compares_pt_and_mala_at_equal_budget(tmp_path, monkeypatch):
     ref = tmp_path / "ref.npy"
     np.save(ref, np.random.default_rng(0).normal(scale=2.0, size=(400, 8)))
     monkeypatch.setattr(demo, "reference_for_demo", lambda *a: (ref, "stand-in"))
+    monkeypatch.setattr(demo, "SETS", ("init_relax_steps=0",))  # a budget of a few steps
     out = tmp_path / "demo"
-    result = invoke("demo", "--budget", "100000", "--n-samples", "100", "--out", out, "--quiet",
+    result = invoke("demo", "--budget", "20000", "--n-samples", "40", "--out", out, "--quiet",
                     "--no-figures")
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     counts = [run["count_n_energy"] for run in summary["runs"].values()]
-    assert list(summary["runs"]) == ["pt", "mala"] and max(counts) <= 100000
-    assert min(counts) > 0.9 * 100000, "both samplers should spend (nearly) the whole budget"
+    assert list(summary["runs"]) == ["pt", "mala"] and max(counts) <= 20000
+    assert min(counts) > 0.9 * 20000, "both samplers should spend (nearly) the whole budget"
     for name in ("pt", "mala"):
         assert (out / name / "samples.npz").exists() and (out / name / "metrics.json").exists()
     table = (out / "table.md").read_text()
