@@ -342,3 +342,21 @@ def test_reference_command_bad_input(tmp_path, monkeypatch):
     assert_clean_error(invoke("reference", "phi4", "--set", "n_chain=8"), "valid keys",
                        "n_chains")
     assert_clean_error(invoke("reference", "nope"), "unknown target", "dw4")
+
+
+def test_demo_generates_a_reference_when_none_is_cached_or_published(tmp_path, monkeypatch):
+    pytest.importorskip("boltzkit.targets.particles")
+    from rich.console import Console
+
+    from boltzkit import demo, reference
+
+    monkeypatch.setenv("BOLTZKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(rundir, "published_reference", lambda *a: None)
+    monkeypatch.setattr(reference, "DEFAULT_N_SAMPLES", 64)
+    monkeypatch.setitem(reference.PRESETS, "dw4", {"n_chains": 16, "n_temps": 2, "thinning": 1})
+    lines: list[str] = []
+    path, source = demo.reference_for_demo(tmp_path, lines.append, Console(quiet=True), True)
+    assert path.exists() and path.parent == tmp_path / "cache" / "references"
+    assert "generated now" in source and any("generating" in line for line in lines)
+    assert demo.reference_for_demo(tmp_path, lines.append, Console(quiet=True), True)[1].startswith(
+        "project reference, cached")
