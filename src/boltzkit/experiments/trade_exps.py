@@ -1,0 +1,327 @@
+"""`boltzkit experiment trade-*`: TRADE (arXiv 2410.19492) against its baselines, one conditional
+flow per method trained from boundary data only.
+
+- trade-gmm: tempered-gmm-2d, data at T = 1, T in [0.162, 6.16]; KL(p_T || q_T) with the exact
+  normaliser by grid quadrature at the paper's nine temperatures, IS ESS/N, density figure.
+- trade-multi-well: multi-well-5d, data at T = 1, T in [0.5, 1]; KL(p_T || q_T) (NLL on exact
+  samples minus the exact entropy) and ESS/N at T = 0.5 and 1.
+- trade-phi4, trade-two-moons: `run_phi4`, `run_two_moons` (experiments.trade_extra).
+
+Methods (`methods=...`): trade-grid (log grid, causality weights, flow samples at c),
+trade-free (curriculum, grid-free), trade-ema (grid, per-point EMA of E_c[A]), trade-c0 (flow at
+c0 reweighted), latent_nll (NLL at c0, latent temperature scaling only), reverse_kl (over the
+range), nll_reverse_kl, reweight (c0 data reweighted to c). Every experiment writes
+results.csv (long form), results.md (one table per metric, methods x conditions), settings.json
+and figures into out_dir; entry points seed torch and record the seed, threads and load.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from boltzkit import config as configs
+from boltzkit import estimators
+from boltzkit.models.flows import ConditionalFlow, dtype_of
+from boltzkit.samplers import trade
+from boltzkit.samplers.trade_family import Family
+from boltzkit.targets import get as get_target
+
+GMM_TEMPERATURES = (0.207, 0.336, 0.546, 0.886, 1.0, 1.129, 1.833, 2.976, 4.833)
+METHODS: dict[str, dict[str, Any]] = {
+    "trade-grid": {"conditions": "grid"},
+    "trade-free": {"conditions": "curriculum"},
+    "trade-ema": {"conditions": "grid", "expectation": "ema"},
+    "trade-c0": {"conditions": "curriculum", "expectation": "flow_c0"},
+    "latent_nll": {"method": "latent_nll"},
+    "reverse_kl": {"method": "reverse_kl"},
+    "nll_reverse_kl": {"method": "nll_reverse_kl"},
+    "reweight": {"method": "reweight"},
+    "nll_data": {"warmup_steps": 10**9},  # conditional NLL on the boundary data only
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Shared experiment settings; `trade_set` holds extra trade.Config overrides (key=value)."""
+
+    methods: tuple[str, ...] = ("trade-grid", "trade-free", "latent_nll", "reverse_kl",
+                                "nll_reverse_kl", "reweight")
+    n_steps: int = 3000
+    warmup_steps: int = 500
+    n_data: int = 20_000
+    n_eval: int = 20_000
+    seed: int = 0
+    threads: int = 1
+    kind: str = "spline"
+    n_layers: int = 6
+    hidden: int = 64
+    bins: int = 10
+    bound: float = 6.0
+    lr: float = 1e-3
+    figures: bool = True
+    trade_set: tuple[str, ...] = ()
+
+
+QUICK = {"n_steps": 20, "warmup_steps": 5, "n_data": 500, "n_eval": 500, "n_layers": 2,
+         "hidden": 16, "figures": False}
+
+
+def settings_from(overrides: list[str]) -> Settings:
+    """Settings with `key=value` overrides; `preset=quick` gives a seconds-long run (tests)."""
+    items = configs.parse_assignments(overrides)
+    base = Settings(**QUICK) if items.pop("preset", "default") == "quick" else Settings()
+    return configs.override(base, items)
+
+
+def trade_config(settings: Settings, method: str, **problem: Any) -> trade.Config:
+    """The trade.Config of `method` for a problem (c0, c_min, c_max, parameter, ...)."""
+    if method not in METHODS:
+        raise KeyError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    base = trade.Config(
+        n_steps=settings.n_steps, warmup_steps=settings.warmup_steps, kind=settings.kind,
+        n_layers=settings.n_layers, hidden=settings.hidden, bins=settings.bins,
+        bound=settings.bound, lr=settings.lr, n_data=settings.n_data, **problem)
+    return configs.override(configs.override(base, METHODS[method]), list(settings.trade_set))
+
+
+def train_methods(settings: Settings, family: Family, data: trade.Data, problem: dict[str, Any],
+                  callback: Callable[..., None], context_dim: int = 0
+                  ) -> dict[str, tuple[ConditionalFlow, dict[str, Any]]]:
+    """One flow per method, each from the same seed and data."""
+    out = {}
+    for method in settings.methods:
+        config = trade_config(settings, method, **problem)
+        torch.manual_seed(settings.seed)
+        flow = trade.build_flow(config, data.x.shape[-1], data.x, context_dim)
+        callback("log", message=f"training {method}")
+        record = trade.train(flow, family, config, data, callback=callback)
+        callback("log", message=f"{method}: {record['n_steps']} steps in "
+                                f"{record['seconds']:.0f} s")
+        out[method] = (flow.eval(), record)
+    return out
+
+
+# ---- tables -------------------------------------------------------------------------------
+def write_tables(out_dir: Path, rows: list[dict[str, Any]], metrics: tuple[str, ...],
+                 column: str, title: str, notes: str = "") -> None:
+    """results.csv (all rows) and results.md: per metric a methods x `column` table."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out_dir / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# {title}", "", notes, ""] if notes else [f"# {title}", ""]
+    cols = list(dict.fromkeys(r[column] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for metric in metrics:
+        lines += [f"## {metric}", "", "| method | " + " | ".join(f"{column}={c:g}" for c in cols)
+                  + " |", "|---" * (len(cols) + 1) + "|"]
+        for m in methods:
+            vals = {r[column]: r.get(metric) for r in rows if r["method"] == m}
+            lines.append(f"| {m} | " + " | ".join(_fmt(vals.get(c)) for c in cols) + " |")
+        lines.append("")
+    (out_dir / "results.md").write_text("\n".join(lines))
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def begin_run(out_dir: Path, overrides: list[str], name: str) -> tuple[Path, Settings, dict]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings_from(overrides)
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    record = {"experiment": name, "settings": configs.to_dict(settings),
+              "load_average_start": os.getloadavg(), "cpu_count": os.cpu_count(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return out_dir, settings, record
+
+
+def finish_run(out_dir: Path, record: dict[str, Any], t0: float, headline: dict[str, Any]
+            ) -> dict[str, Any]:
+    record.update(wall_s=time.perf_counter() - t0, load_average_end=os.getloadavg(),
+                  headline=headline)
+    (out_dir / "settings.json").write_text(json.dumps(record, indent=2, default=str))
+    return headline
+
+
+def is_row(flow: ConditionalFlow, family: Family, c: float, n: int) -> dict[str, float]:
+    ev = trade.evaluate(flow, family, c, n)
+    return {"ess_fraction": ev["ess_fraction"],
+            "log_Z_error": ev["log_Z"] - ev["log_Z_true"] if "log_Z_true" in ev else math.nan}
+
+
+def means_by_method(rows: list[dict[str, Any]], metric: str) -> dict[str, float]:
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        out.setdefault(r["method"], []).append(r[metric])
+    return {m: sum(v) / len(v) for m, v in out.items()}
+
+
+# ---- tempered-gmm-2d ----------------------------------------------------------------------
+@torch.no_grad()
+def grid_reference(log_prob: Callable[[Tensor], Tensor], lo: Tensor, hi: Tensor, h: float,
+                   n: int, log_Z: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """n draws from a 2-D density by grid: cells of side h drawn in proportion to the density at
+    their centres, then uniform within the cell (law r). Returns (x, log p(x), log SNIS weights
+    log p - log r), so that E_p[f] = SNIS(weights, f) without grid bias; log p is normalised by
+    `log_Z` when given, else by the grid quadrature.
+    """
+    axes = [torch.arange(float(lo[i]), float(hi[i]), h, dtype=torch.float64) for i in range(2)]
+    centres = torch.cartesian_prod(*axes)
+    log_cell = torch.cat([log_prob(chunk) for chunk in centres.split(1 << 20)])
+    lse = torch.logsumexp(log_cell, 0)
+    log_Z = float(lse) + 2 * math.log(h) if log_Z is None else log_Z
+    log_cell = log_cell - lse
+    idx = torch.multinomial(torch.exp(log_cell), n, replacement=True)
+    x = centres[idx] + (torch.rand(n, 2, dtype=torch.float64) - 0.5) * h
+    log_p = log_prob(x) - log_Z
+    return x, log_p, log_p - (log_cell[idx] - 2 * math.log(h))
+
+
+def gmm_reference(target: Any, temperature: float, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """`grid_reference` draws from p_T of a 2-D mixture with its exact log Z(T); h = 0.3 x the
+    narrowest tempered std, box: the means +- 7 widest tempered stds."""
+    tempered = target.uncounted().tempered(temperature)
+    std = tempered.eigvals.sqrt() * math.sqrt(temperature)
+    h, s_max = 0.3 * float(std.min()), float(std.max())
+    lo = tempered.means.min(0).values - 7 * s_max
+    hi = tempered.means.max(0).values + 7 * s_max
+    return grid_reference(tempered.log_prob, lo, hi, h, n, tempered.log_Z)
+
+
+@torch.no_grad()
+def gmm_kl(flow: ConditionalFlow, reference: tuple[Tensor, Tensor, Tensor],
+           temperature: float) -> tuple[float, float]:
+    """KL(p_T || q_T) = E_p[log p_T - log q_T] with the exact normaliser, by SNIS over the
+    `gmm_reference` draws; returns (estimate, standard error)."""
+    x, log_p, log_w = reference
+    log_q = flow.log_prob(x.to(dtype_of(flow)), temperature).double()
+    est = estimators.snis(log_w, log_p - log_q)
+    return float(est.mean), float(est.se)
+
+
+def run_gmm(out_dir: Path, overrides: list[str], callback: Callable[..., None]
+            ) -> dict[str, Any]:
+    """TRADE vs baselines on tempered-gmm-2d (data at T = 1 only, T in [0.162, 6.16])."""
+    out_dir, settings, record = begin_run(out_dir, overrides, "trade-gmm")
+    t0 = time.perf_counter()
+    target = get_target("tempered-gmm-2d")
+    problem = {"parameter": "temperature", "c0": 1.0, "c_min": 0.162, "c_max": 6.16}
+    data = trade.Data(target.sample(settings.n_data).float(), 1.0)
+    flows = train_methods(settings, Family(target), data, problem, callback)
+    references = {temp: gmm_reference(target, temp, settings.n_eval) for temp in GMM_TEMPERATURES}
+    rows = []
+    for method, (flow, rec) in flows.items():
+        for temp in GMM_TEMPERATURES:
+            kl, kl_se = gmm_kl(flow, references[temp], temp)
+            rows.append({"method": method, "T": temp, "kl": kl, "kl_se": kl_se,
+                         **is_row(flow, Family(target.uncounted()), temp, settings.n_eval),
+                         "train_s": rec["seconds"], "n_energy": rec["history"][-1]["n_energy"]})
+    write_tables(out_dir, rows, ("kl", "ess_fraction"), "T",
+                 "trade-gmm: KL(p_T || q_T) (nats, exact log Z(T)) and IS ESS/N",
+                 f"data at T = 1 only ({settings.n_data} samples); {settings.n_steps} steps.")
+    if settings.figures:
+        _density_figure(out_dir / "densities.png", target, flows, (0.336, 1.0, 2.976))
+    headline = {"mean_kl": means_by_method(rows, "kl"),
+                "mean_ess_fraction": means_by_method(rows, "ess_fraction")}
+    return finish_run(out_dir, record, t0, headline)
+
+
+def _density_figure(path: Path, target: Any, flows: dict[str, Any],
+                    temperatures: tuple[float, ...]) -> None:
+    # TODO(main): move into boltzkit.plots (the only module meant to import matplotlib).
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = torch.linspace(-8, 11, 200, dtype=torch.float64)
+    xy = torch.cartesian_prod(g, g)
+    rows = ["exact", *flows]
+    fig, axes = plt.subplots(len(rows), len(temperatures), figsize=(3 * len(temperatures),
+                                                                    2.6 * len(rows)))
+    with torch.no_grad():
+        for j, temp in enumerate(temperatures):
+            for i, name in enumerate(rows):
+                if name == "exact":
+                    lp = target.uncounted().tempered(temp).log_prob(xy)
+                else:
+                    flow = flows[name][0]
+                    lp = flow.log_prob(xy.to(dtype_of(flow)), temp).double()
+                img = torch.exp(lp - lp.max()).reshape(200, 200).T.numpy()
+                ax = axes[i, j]
+                ax.imshow(img, origin="lower", extent=(-8, 11, -8, 11), cmap="viridis")
+                ax.set_xticks([]), ax.set_yticks([])
+                ax.set_title(f"{name}, T={temp:g}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ---- multi-well-5d --------------------------------------------------------------------------
+def run_multi_well(out_dir: Path, overrides: list[str], callback: Callable[..., None]
+                   ) -> dict[str, Any]:
+    """TRADE vs baselines on multi-well-5d (data at T = 1, T in [0.5, 1]); KL(p_T || q_T) from
+    exact samples with the exact log Z, and ESS/N, at T = 0.5 and 1."""
+    out_dir, settings, record = begin_run(out_dir, overrides, "trade-multi-well")
+    t0 = time.perf_counter()
+    target = get_target("multi-well-5d")
+    problem = {"parameter": "temperature", "c0": 1.0, "c_min": 0.5, "c_max": 1.0}
+    data = trade.Data(target.sample(settings.n_data).float(), 1.0)
+    flows = train_methods(settings, Family(target), data, problem, callback)
+    rows = []
+    for method, (flow, rec) in flows.items():
+        for temp in (0.5, 0.7, 1.0):
+            exact = target.uncounted().tempered(temp)
+            x = exact.sample(settings.n_eval)
+            with torch.no_grad():
+                gap = exact.log_prob(x) - exact.log_Z - flow.log_prob(
+                    x.to(dtype_of(flow)), temp).double()
+            rows.append({"method": method, "T": temp, "kl": float(gap.mean()),
+                         "kl_se": float(gap.std() / math.sqrt(len(gap))),
+                         "forward_ess_fraction": estimators.forward_ess_fraction(-gap),
+                         **is_row(flow, Family(target.uncounted()), temp, settings.n_eval),
+                         "train_s": rec["seconds"]})
+    write_tables(out_dir, rows, ("kl", "ess_fraction", "forward_ess_fraction"), "T",
+                 "trade-multi-well: KL(p_T || q_T) (nats, exact samples) and ESS/N",
+                 f"data at T = 1 only ({settings.n_data} samples); {settings.n_steps} steps.")
+    headline = {"kl_T0.5": {r["method"]: r["kl"] for r in rows if r["T"] == 0.5},
+                "ess_T0.5": {r["method"]: r["ess_fraction"] for r in rows if r["T"] == 0.5}}
+    return finish_run(out_dir, record, t0, headline)
+
+
+def run_phi4(out_dir: Path, overrides: list[str], callback: Callable[..., None]
+             ) -> dict[str, Any]:
+    """phi4 8 x 8 over kappa in [0.22, 0.32] (see experiments.trade_extra)."""
+    from boltzkit.experiments.trade_extra import phi4_experiment
+
+    return phi4_experiment(out_dir, overrides, callback)
+
+
+def run_two_moons(out_dir: Path, overrides: list[str], callback: Callable[..., None]
+                  ) -> dict[str, Any]:
+    """Tempered two-moons posteriors over beta in [0.4, 2.1] (experiments.trade_extra)."""
+    from boltzkit.experiments.trade_extra import two_moons_experiment
+
+    return two_moons_experiment(out_dir, overrides, callback)
+
+
+__all__ = ["METHODS", "Settings", "begin_run", "finish_run", "gmm_kl", "gmm_reference",
+           "grid_reference", "is_row", "means_by_method", "run_gmm", "run_multi_well",
+           "run_phi4", "run_two_moons", "train_methods", "trade_config", "write_tables"]
