@@ -19,6 +19,7 @@ from boltzkit.samplers.idem_core import (
     gaussian_noise,
     mc_score,
     reverse_sde,
+    standard_normal,
 )
 from boltzkit.targets.base import Target
 
@@ -77,6 +78,22 @@ def test_com_free_noise_has_unit_variance_per_degree_of_freedom():
     # E|eps|^2 = (n - 1) d for noise on the (n-1)d-dimensional COM-free subspace.
     sq = eps.square().sum(-1)
     assert abs(sq.mean() - 9.0) < Z * sq.std() / math.sqrt(len(sq))
+
+
+def test_com_free_basis_is_orthonormal_and_large_draws_are_reproducible():
+    p = Particles(5, 3)
+    b = p.basis(torch.empty(0, dtype=torch.float64))
+    torch.testing.assert_close(b @ b.T, torch.eye(12, dtype=torch.float64))
+    assert (b.view(12, 5, 3).sum(1)).abs().max() < 1e-12
+    threads = torch.get_num_threads()
+    draws = []
+    for n_threads in (1, 2):
+        torch.set_num_threads(n_threads)
+        torch.manual_seed(0)
+        draws.append(standard_normal((1 << 20) + 3, torch.empty(0)))
+    torch.set_num_threads(threads)
+    torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
+    assert abs(draws[0].mean()) < Z / 1024 and abs(draws[0].std() - 1) < Z * 0.71 / 1024
 
 
 def test_clipping_whole_vector_and_per_particle():
@@ -290,7 +307,6 @@ def test_variants_run(variant):
     assert len(res.diagnostics["loss_trace"]) == 1
 
 
-@pytest.mark.slow  # TODO(helper I): back into the default suite once the quick preset is tuned
 def test_quick_gmm_run_improves_on_its_initial_buffer():
     from boltzkit import metrics, targets
 

@@ -16,6 +16,7 @@ ordered pairs (see REFERENCE.md); the GMM run works in coordinates divided by 50
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -49,13 +50,15 @@ class Config:
     """iDEM hyperparameters; defaults are the paper's DW-4 settings (see `preset`).
 
     Schedule: sigma(t) = sigma_min sqrt((sigma_max/sigma_min)^(2t) - 1). Estimator: `n_mc`
-    samples K, clipped to `clip_score` (whole vector, or per particle), perturbed batch bounded by
-    `max_elements` numbers. Loop: `n_outer` x (`n_inner` Adam steps on batches of `batch_size`,
-    then `n_generate` samples from an `n_sde_steps`-step reverse SDE with noise factor
-    `noise_scale`). `init_buffer`: "prior" (N(0, sigma(1)^2)), "model" (the untrained network's
-    reverse SDE) or "estimator" (reverse SDE driven by clip(S_K) itself: the paper's GMM run;
-    oracle-like, costs n_init * n_sde_steps * n_mc evaluations). `training_points`: "buffer"
-    (iDEM) or "prior" (pDEM). `scale`: the sampler works in x / scale (GMM: 50).
+    samples K, clipped to `clip_score` (whole vector, or per particle on particle systems), the
+    perturbed batch bounded by `max_elements` numbers. Loop: `n_outer` x (`n_inner` Adam steps
+    on batches of `batch_size`, then `n_generate` samples from an `n_sde_steps`-step reverse SDE
+    with noise factor `noise_scale`). `init_buffer`: "prior" (N(0, sigma(1)^2)), "model" (the
+    untrained network's reverse SDE) or "estimator" (reverse SDE driven by clip(S_K) itself:
+    the paper's GMM run; oracle-like, costs n_init * n_sde_steps * n_mc evaluations).
+    `training_points`: "buffer" (iDEM) or "prior" (pDEM). `scale`: the sampler works in
+    x / scale (GMM: 50). `ema_decay`: generate with an exponential moving average of the weights
+    (not in the paper presets).
     """
 
     network: Literal["auto", "mlp", "egnn"] = "auto"
@@ -76,12 +79,13 @@ class Config:
     n_sde_steps: int = 1000
     noise_scale: float = 1.0
     lr: float = 1e-3
+    ema_decay: float | None = None
     grad_clip: float | None = 0.5
     init_buffer: Literal["prior", "model", "estimator"] = "model"
     n_init: int = 1000
     training_points: Literal["buffer", "prior"] = "buffer"
     scale: float = 1.0
-    max_elements: int = 1 << 22
+    max_elements: int = 1 << 21
     checkpoint_every: int = 10
     dtype: Literal["float32", "float64"] = "float32"
 
@@ -97,9 +101,9 @@ _PAPER: dict[str, dict[str, Any]] = {
 }
 # Minutes on 2 CPU cores: fewer/lighter iterations, smaller K and networks, shorter SDEs.
 _QUICK: dict[str, dict[str, Any]] = {
-    "gmm40": dict(init_buffer="prior", hidden=128, n_outer=40, n_inner=25, batch_size=256,
-                  n_mc=100, n_generate=500, n_sde_steps=100, buffer_size=5000, n_init=500,
-                  lr=1e-3, checkpoint_every=10),
+    "gmm40": dict(init_buffer="prior", n_outer=30, n_inner=25, batch_size=64, n_mc=300,
+                  n_generate=250, n_sde_steps=100, buffer_size=1000, n_init=250, ema_decay=0.99,
+                  lr=1e-3),
     "dw4": dict(hidden=32, n_layers=2, n_outer=30, n_inner=20, batch_size=128, n_mc=200,
                 n_generate=250, n_sde_steps=100, buffer_size=2500, n_init=250),
     "lj13": dict(hidden=32, n_layers=2, n_outer=15, n_inner=10, batch_size=64, n_mc=100,
@@ -197,6 +201,7 @@ class _Training:
         self.schedule = GeometricSchedule(config.sigma_min, config.sigma_max)
         self.net = build_network(config, target).to(self.dtype)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.ema = copy.deepcopy(self.net) if config.ema_decay is not None else None
         self.buffer: FifoBuffer = buffer_init(target.dim, config.buffer_size,
                                               torch.empty(0, dtype=self.dtype))
         self.evaluate = CountingEvaluator(target, config.scale, budget)
@@ -232,7 +237,7 @@ class _Training:
         start = time.perf_counter()
         est = mc_score(self.evaluate, xt, sigma, c.n_mc, particles=self.particles,
                        max_elements=c.max_elements)
-        goal = clip_norm(est.score, c.clip_score, self.particles, c.clip_per_particle)
+        goal = self.clip(est.score)
         mid = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         weight = loss_weight(self.schedule, t, c.loss_weight, c.loss_weight_eps)
@@ -241,9 +246,18 @@ class _Training:
         if c.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for avg, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
+                    avg.lerp_(p, 1.0 - c.ema_decay)
         self.seconds["estimator"] += mid - start
         self.seconds["network"] += time.perf_counter() - mid
         return loss.item(), est.ess.mean().item()
+
+    def clip(self, score: Tensor) -> Tensor:
+        """clip(S_K): per particle when configured and the target is a particle system."""
+        per_particle = self.config.clip_per_particle and self.particles is not None
+        return clip_norm(score, self.config.clip_score, self.particles, per_particle)
 
     def prior(self, n: int) -> Tensor:
         eps = gaussian_noise((n, self.target.dim), torch.empty(0, dtype=self.dtype),
@@ -255,7 +269,7 @@ class _Training:
         """n samples from the network's reverse SDE in batches of `n_generate`, in the sampler's
         coordinates x / scale (as stored in the buffer)."""
         c = self.config
-        net = self.net
+        net = self.ema if self.ema is not None else self.net
         start = time.perf_counter()
         out = [reverse_sde(net, self.prior(min(c.n_generate, n - i)), self.schedule,
                            c.n_sde_steps, c.noise_scale, self.particles)
@@ -282,7 +296,7 @@ class _Training:
             self.evaluate.check(len(x) * c.n_mc)
             est = mc_score(self.evaluate, x, self.schedule.sigma(t).to(x), c.n_mc,
                            particles=self.particles, max_elements=c.max_elements)
-            return clip_norm(est.score, c.clip_score, self.particles, c.clip_per_particle)
+            return self.clip(est.score)
 
         start = time.perf_counter()
         x = reverse_sde(score, self.prior(n), self.schedule, c.n_sde_steps, c.noise_scale,
@@ -308,6 +322,7 @@ class _Training:
             return
         self.checkpointer.save({
             "iteration": self.iteration, "net": self.net.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(), "buffer": self.buffer.data,
             "spent": dict(self.evaluate.spent), "traces": self.traces,
             "seconds": self.seconds, "stopped_by_budget": self.stopped_by_budget,
@@ -321,6 +336,8 @@ class _Training:
         if state is None:
             return
         self.net.load_state_dict(state["net"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.buffer = FifoBuffer(state["buffer"].to(self.dtype), self.config.buffer_size)
         self.evaluate.restore(state["spent"])
