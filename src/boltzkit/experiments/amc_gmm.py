@@ -13,7 +13,9 @@ Mixtures: "two-modes" (weights 2/3, 1/3 at -a 1 and +a 1, covariance 0.05 I), an
 K components at a * s_k with s_k seeded random sign vectors in {-1, 1}^d, weights proportional
 to 1..K, covariance 0.05 I. Metrics per run: mode-weight error max_k 100 |w_hat_k - w_k|
 (percentage points; w_hat from the weighted particles assigned to their most likely component),
-|log Z error| (log Z = 0), minimum ESS/N over levels, resampling count, evaluations (target,
+|log Z error| (log Z = 0), minimum ESS/N over levels and at the last level (before
+resampling; for score-only models, whose per-level ESS is that of partial weights, only the
+last one means anything), resampling count, evaluations (target,
 model, Jacobian-vector products) and wall time; learned models add per-level Fisher divergence
 and ESS of the learned log-density (`boltzkit.learned_dm.level_diagnostics`).
 
@@ -142,7 +144,8 @@ def run_one(target: GaussianMixture, model: Any, kernel_name: str, use_mcmc: boo
     spent = {k: v - counts0[k] for k, v in path.counts().items()}
     row = {"mode_weight_error_pp": weighted_mode_error(res.x, res.log_w, target),
            "abs_log_Z_error": abs(float(res.log_Z) - float(target.log_Z)),
-           "min_ess_fraction": min(ess), "n_resampled": int(res.diagnostics.resampled.sum()),
+           "min_ess_fraction": min(ess), "final_ess_fraction": ess[-1],
+           "n_resampled": int(res.diagnostics.resampled.sum()),
            "n_target": spent["n_target"], "n_net": spent["n_net"], "n_jvp": spent["n_jvp"],
            "wall_s": wall}
     return row, ess
@@ -247,8 +250,8 @@ def _n_runs(cfg: Config) -> int:
 
 
 GROUP = ("mixture", "d", "a", "model", "mcmc", "kernel")
-METRICS = ("mode_weight_error_pp", "abs_log_Z_error", "min_ess_fraction", "n_resampled",
-           "n_target", "n_net", "n_jvp", "wall_s")
+METRICS = ("mode_weight_error_pp", "abs_log_Z_error", "min_ess_fraction", "final_ess_fraction",
+           "n_resampled", "n_target", "n_net", "n_jvp", "wall_s")
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
