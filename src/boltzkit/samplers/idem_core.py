@@ -181,14 +181,18 @@ def mc_score(log_prob_and_score: LogProbAndScore, x: Tensor, sigma: Tensor, n_mc
         pts = torch.addcmul(x.unsqueeze(1), eps, sigma, out=eps)
         lp, score = log_prob_and_score(pts.view(b * k, dim))
         lp, score = lp.view(b, k), score.view(b, k, dim)
-        lse_c = torch.logsumexp(lp, dim=1)
-        weights = torch.exp(lp - _finite_or_zero(lse_c).unsqueeze(1))
-        acc_c = torch.bmm(weights.unsqueeze(1), score).squeeze(1)
+        # One exp pass gives the chunk's weights, log-sum-exp and sum of squared weights.
+        peak = _finite_or_zero(lp.amax(dim=1))
+        weights = torch.exp(lp - peak.unsqueeze(1))
+        total = weights.sum(dim=1)
+        norm = torch.where(total > 0, total, torch.ones_like(total)).unsqueeze(1)
+        acc_c = torch.bmm(weights.unsqueeze(1), score).squeeze(1) / norm
         if not torch.isfinite(acc_c).all():  # 0 * inf from overlapping particles: zero weight
             safe = torch.where(torch.isfinite(score), score, torch.zeros_like(score))
-            acc_c = torch.bmm(weights.unsqueeze(1), safe).squeeze(1)
+            acc_c = torch.bmm(weights.unsqueeze(1), safe).squeeze(1) / norm
+        lse_c = peak + torch.log(total)
         lse, acc = _combine(lse, acc, lse_c, acc_c)
-        lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lp, dim=1))
+        lse2 = torch.logaddexp(lse2, 2 * peak + torch.log(weights.square().sum(dim=1)))
     acc = torch.where(torch.isfinite(lse).unsqueeze(1), acc, torch.zeros_like(acc))
     if particles is not None:
         acc = particles.center(acc)
