@@ -8,9 +8,11 @@ flow per method trained from boundary data only.
 - trade-phi4, trade-two-moons: `run_phi4`, `run_two_moons` (experiments.trade_extra).
 
 Methods (`methods=...`): trade-grid (log grid, causality weights, flow samples at c),
-trade-free (curriculum, grid-free), trade-ema (grid, per-point EMA of E_c[A]), trade-c0 (flow at
-c0 reweighted), latent_nll (NLL at c0, latent temperature scaling only), reverse_kl (over the
-range), nll_reverse_kl, reweight (c0 data reweighted to c). Every experiment writes
+trade-free (widening curriculum, residual points and SNIS proposal = the flow at c0 reweighted to
+c), trade-free-c (curriculum, flow samples at c: diverged on tempered-gmm-2d, see README),
+trade-ema (grid, per-point EMA of E_c[A]), latent_nll (NLL at c0, latent temperature scaling
+only), reverse_kl (over the range), nll_reverse_kl, reweight (c0 data reweighted to c), nll_data
+(conditional NLL on the boundary data only). Every experiment writes
 results.csv (long form), results.md (one table per metric, methods x conditions), settings.json
 and figures into out_dir; entry points seed torch and record the seed, threads and load.
 """
@@ -40,9 +42,9 @@ from boltzkit.targets import get as get_target
 GMM_TEMPERATURES = (0.207, 0.336, 0.546, 0.886, 1.0, 1.129, 1.833, 2.976, 4.833)
 METHODS: dict[str, dict[str, Any]] = {
     "trade-grid": {"conditions": "grid"},
-    "trade-free": {"conditions": "curriculum"},
+    "trade-free": {"conditions": "curriculum", "expectation": "flow_c0"},
+    "trade-free-c": {"conditions": "curriculum"},
     "trade-ema": {"conditions": "grid", "expectation": "ema"},
-    "trade-c0": {"conditions": "curriculum", "expectation": "flow_c0"},
     "latent_nll": {"method": "latent_nll"},
     "reverse_kl": {"method": "reverse_kl"},
     "nll_reverse_kl": {"method": "nll_reverse_kl"},

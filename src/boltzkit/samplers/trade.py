@@ -53,7 +53,7 @@ class Config:
     n_per_condition: int = 64
     n_grid: int = 9
     causality_eps: float = 1.0
-    curriculum_start: float = 0.2  # skew exponent alpha at step 0; alpha -> 1 (log-uniform)
+    curriculum_start: float = 0.1  # reach and skew exponent at step 0; both -> 1 (log-uniform)
     curriculum_fraction: float = 0.5  # of the propagation steps
     ema_every: int = 10
     ema_decay: float = 0.5
@@ -107,12 +107,15 @@ def log_grid(config: Config) -> Tensor:
 
 
 def curriculum_conditions(config: Config, n: int, progress: float) -> Tensor:
-    """n conditions log c = log c0 +- u^(1/alpha) * (side length), u ~ U(0, 1), the side chosen
-    in proportion to its log length; alpha grows from curriculum_start to 1 (log-uniform)."""
-    alpha = config.curriculum_start + (1 - config.curriculum_start) * min(progress, 1.0)
+    """n conditions log c = log c0 +- r u^(1/alpha) (side length), u ~ U(0, 1), the side chosen
+    in proportion to its log length. Over the curriculum (progress 0 -> 1) the reach r widens
+    from curriculum_start to 1 and the skew exponent alpha grows from curriculum_start to 1, so
+    that training ends log-uniform over [c_min, c_max]."""
+    p = min(max(progress, 0.0), 1.0)
+    alpha = reach = config.curriculum_start + (1 - config.curriculum_start) * p
     lo, hi, mid = math.log(config.c_min), math.log(config.c_max), math.log(config.c0)
     upper = torch.rand(n, dtype=torch.float64) < (hi - mid) / (hi - lo)
-    s = torch.rand(n, dtype=torch.float64) ** (1 / alpha)
+    s = reach * torch.rand(n, dtype=torch.float64) ** (1 / alpha)
     return torch.exp(torch.where(upper, mid + s * (hi - mid), mid - s * (mid - lo)))
 
 
