@@ -28,7 +28,9 @@ def _flow(name: str, dim: int | None = None) -> ConditionalFlow:
         config = FlowConfig(**{**config.__dict__, "dim": dim})
     flow = ConditionalFlow(config).double()
     if config.kind != "circular":  # exercise the standardisation in every check
-        flow.standardise(torch.linspace(-0.3, 0.4, config.dim), torch.linspace(0.8, 1.5, config.dim))
+        flow.standardise(
+            torch.linspace(-0.3, 0.4, config.dim), torch.linspace(0.8, 1.5, config.dim)
+        )
     return flow
 
 

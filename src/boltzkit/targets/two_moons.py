@@ -1,4 +1,5 @@
-"""The two-moons simulator and its tempered posterior p_beta(theta | y) ~ p(y | theta)^beta p(theta).
+"""The two-moons simulator and its tempered posterior
+p_beta(theta | y) ~ p(y | theta)^beta p(theta).
 
 Simulator (Greenberg et al. 2019, as in sbibm): a ~ U(-pi/2, pi/2), r ~ N(0.1, 0.01^2),
     y = (r cos a + 0.25 - |theta_1 + theta_2| / sqrt 2,  r sin a + (theta_2 - theta_1) / sqrt 2).
