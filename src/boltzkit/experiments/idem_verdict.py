@@ -9,11 +9,13 @@ included) and writes one table. Lower is better for every headline metric; the m
 the most headline wins is named (ties: the first headline metric decides).
 
 Overrides: keys of `VerdictConfig`, plus `idem.KEY=VALUE` for the iDEM config and
-`mcmc.KEY=VALUE` for the baselines' configs.
+`mcmc.KEY=VALUE` for the baselines' configs (each baseline takes the keys its config has; a key
+no baseline has is an error).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -55,7 +57,7 @@ def run(out_dir: Path, overrides: list[str], callback: Callback = null_callback)
     cfg, idem_sets, mcmc_sets = _split_overrides(overrides)
     target = runner.build_target(cfg.target)
     idem_cfg = override(idem.preset(cfg.preset), idem_sets)
-    reference = runner.resolve_reference(target, cfg.target, path=cfg.reference,
+    reference = runner.resolve_reference(target.uncounted(), cfg.target, path=cfg.reference,
                                          n=cfg.n_samples)
     results: dict[str, SampleResult] = {}
     seconds: dict[str, float] = {}
@@ -68,7 +70,9 @@ def run(out_dir: Path, overrides: list[str], callback: Callback = null_callback)
         start = time.perf_counter()
         results[name] = _baseline(name, target, cfg, mcmc_sets, spent, callback)
         seconds[name] = time.perf_counter() - start
-    table = {name: evaluate(r.samples, target, reference.x, max_ot=cfg.max_ot)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({n: r.samples for n, r in results.items()}, out_dir / "samples.pt")
+    table = {name: evaluate(r.samples, target, reference.samples, max_ot=cfg.max_ot)
              for name, r in results.items()}
     headline = HEADLINE_MIXTURE if _is_mixture(target) else HEADLINE_PARTICLES
     verdict = decide(table, [m for m in headline if all(m in row for row in table.values())])
@@ -104,7 +108,20 @@ def _split_overrides(overrides: list[str]) -> tuple[VerdictConfig, dict[str, str
     idem_sets = {k[5:]: v for k, v in items.items() if k.startswith("idem.")}
     mcmc_sets = {k[5:]: v for k, v in items.items() if k.startswith("mcmc.")}
     own = {k: v for k, v in items.items() if not k.startswith(("idem.", "mcmc."))}
-    return override(VerdictConfig(), own), idem_sets, mcmc_sets
+    cfg = override(VerdictConfig(), own)
+    _check_mcmc_keys(cfg.baselines, mcmc_sets)
+    return cfg, idem_sets, mcmc_sets
+
+
+def _check_mcmc_keys(baselines: tuple[str, ...], sets: dict[str, str]) -> None:
+    # A key must belong to at least one baseline's config (n_temps is PT's only).
+    from boltzkit.samplers import mcmc_samplers as mc
+
+    valid = {f.name for name in baselines for f in dataclasses.fields(mc.Config(name))}
+    unknown = sorted(set(sets) - valid)
+    if unknown:
+        raise KeyError(f"unknown mcmc.* key(s) {unknown} for baselines {list(baselines)}; "
+                       f"valid keys: {', '.join(sorted(valid))}")
 
 
 def _baseline(name: str, target: Any, cfg: VerdictConfig, sets: dict[str, str], budget: int,
@@ -115,7 +132,8 @@ def _baseline(name: str, target: Any, cfg: VerdictConfig, sets: dict[str, str], 
         config = mc.preset(cfg.target, sampler=name)
     except KeyError:
         config = mc.Config(name)
-    config = override(config, sets)
+    fields = {f.name for f in dataclasses.fields(config)}
+    config = override(config, {k: v for k, v in sets.items() if k in fields})
     return mc.sample(target, config, n_samples=cfg.n_samples, budget=budget, callback=callback)
 
 
@@ -154,7 +172,6 @@ def _write(out_dir: Path, cfg: VerdictConfig, idem_cfg: Any, table: dict[str, di
               "per_metric": verdict["per_metric"],
               "diagnostics": {n: r.diagnostics for n, r in results.items()}}
     (out_dir / "verdict.json").write_text(json.dumps(record, indent=1, default=str))
-    torch.save({n: r.samples for n, r in results.items()}, out_dir / "samples.pt")
 
 
 def _fmt(v: float | None) -> str:
