@@ -35,7 +35,8 @@ HEADLINE_MIXTURE = ("x_w2", "mode_weight_error_mean_pp", "energy_w2")
 class VerdictConfig:
     """target: registry name; preset: the iDEM preset; baselines: MCMC samplers run with iDEM's
     evaluation count; budget: iDEM's own budget (None: the preset's full run); reference: a
-    reference file (default: exact sampler, project reference, or ../shared/data)."""
+    reference file (default: exact sampler, project reference, or ../shared/data); resume:
+    continue the iDEM run from its checkpoint in out_dir/idem (e.g. after a kill)."""
 
     target: str = "dw4"
     preset: str = "dw4-quick"
@@ -44,6 +45,7 @@ class VerdictConfig:
     budget: int | None = None
     reference: str | None = None
     max_ot: int = 1000
+    resume: bool = False
 
 
 def run(out_dir: Path, overrides: list[str], callback: Callback = null_callback) -> dict:
@@ -63,7 +65,8 @@ def run(out_dir: Path, overrides: list[str], callback: Callback = null_callback)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     results["idem"] = idem.sample(target, idem_cfg, n_samples=cfg.n_samples, budget=cfg.budget,
-                                  callback=callback, run_dir=out_dir / "idem")
+                                  callback=callback, run_dir=out_dir / "idem",
+                                  resume=cfg.resume)
     seconds["idem"] = time.perf_counter() - start
     spent = results["idem"].counts["n_energy"]
     for name in cfg.baselines:

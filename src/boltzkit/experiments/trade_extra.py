@@ -103,7 +103,7 @@ def phi4_experiment(out_dir: Path, overrides: list[str], callback: Callable[...,
     flows = tx.train_methods(settings, Family(target), data, problem, callback)
     rows = []
     for kappa in PHI4_KAPPAS:
-        mc = bootstrap(refs[kappa], None, target)
+        mc = bootstrap(refs[kappa], None, target.with_kappa(kappa))
         rows.append({"method": "hmc", "kappa": kappa, **{k: v[0] for k, v in mc.items()},
                      **{f"{k}_se": v[1] for k, v in mc.items()}})
         for method, (flow, rec) in flows.items():
