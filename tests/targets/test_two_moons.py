@@ -69,3 +69,28 @@ def test_support_edge_is_minus_inf_and_beta_gradient_stays_finite():
     (grad_all,) = torch.autograd.grad(post.with_beta(beta).log_prob(theta)[1:2].sum(), beta)
     assert torch.isfinite(grad_all)
     assert post.counter.n_nonfinite == 4
+
+
+def test_soft_edge_likelihood_is_normalised_finite_and_matches_the_simulator():
+    """edge_width s > 0: finite log p everywhere, unit mass in y, and the simulated fraction of
+    observations beyond the edge (u_1 < 0) equals the likelihood's s sqrt(2 pi) / (pi + ...)
+    within 5 SE; the hard-edged simulator fails that check."""
+    s = 0.05
+    y, h = _y_grid(THETA)
+    ll = log_likelihood(y, THETA, s)
+    assert torch.isfinite(ll).all()
+    assert float(torch.exp(ll).sum() * h * h) == pytest.approx(1.0, abs=2e-3)
+    shoulder = s * math.sqrt(2 * math.pi)
+    expected = shoulder / (math.pi + shoulder)
+    n = 40_000
+    se = math.sqrt(expected * (1 - expected) / n)
+    g = torch.Generator().manual_seed(1)
+
+    def beyond(width: float) -> float:
+        u = simulate(THETA.expand(n, 2), g, width) - moon_offset(THETA)
+        return float((u[:, 0] < 0).double().mean())
+
+    assert abs(beyond(s) - expected) < 5 * se
+    assert abs(beyond(0.0) - expected) > 5 * se
+    post = TwoMoonsPosterior(edge_width=s)
+    assert torch.isfinite(post.log_prob(torch.tensor([[0.0, 0.0], [-0.1, 0.05]]))).all()

@@ -27,6 +27,7 @@ _REGISTRY: dict[str, str] = {
     "lj55": "boltzkit.targets.particles:lj55",
     "lj13-eacf": "boltzkit.targets.particles:lj13_eacf",
     "phi4": "boltzkit.targets.lattice:phi4",
+    "two-moons": "boltzkit.targets.two_moons:two_moons",
 }
 
 
