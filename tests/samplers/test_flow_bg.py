@@ -73,6 +73,15 @@ def test_budget_stops_training_and_is_respected(gaussian):
     assert res.counts["n_energy"] <= 2000 and res.diagnostics["n_steps"] == 15
 
 
+def test_budget_below_n_samples_is_an_error_and_forward_kl_spends_nothing(gaussian):
+    config = flow_bg.Config(objective="forward", n_steps=5, batch_size=100, n_data=200, **SMALL)
+    with pytest.raises(ValueError, match="smaller than n_samples"):
+        flow_bg.sample(gaussian, config, n_samples=500, budget=499)
+    res = flow_bg.sample(gaussian, config, n_samples=500, budget=500)
+    assert res.counts["n_energy"] == 500 and res.diagnostics["n_steps"] == 5
+    assert not res.diagnostics["stopped_by_budget"]
+
+
 def test_forward_kl_needs_exact_samples():
     with pytest.raises(ValueError, match="exact samples"):
         flow_bg.sample(Holey(2), flow_bg.Config(objective="forward"), n_samples=10, budget=None)

@@ -196,6 +196,42 @@ def test_every_method_trains_and_returns_weighted_samples(gaussian, name):
         assert res.counts["n_energy"] == 300, "energy-free training evaluates no energy"
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_budget_holds_across_the_warm_up_boundary(gaussian, name):
+    """Warm-up steps cost nothing; the first propagation step must still fit the budget (its
+    cost is predicted, not taken from the free step before it). A budget below n_samples is a
+    clear error."""
+    torch.manual_seed(0)
+    config = trade.Config(**{**SMALL, "n_steps": 6, "warmup_steps": 2, "n_data": 500,
+                             **VARIANTS[name]})
+    budget = 300 + 100  # under one propagation step (4 x 32) plus the 300 final weights
+    res = trade.sample(gaussian, config, n_samples=300, budget=budget)
+    assert res.counts["n_energy"] <= budget and res.samples.shape == (300, 2)
+    costs = [trade.step_cost(config, k) for k in range(config.n_steps)]
+    assert res.diagnostics["stopped_by_budget"] == (sum(costs) > 100)
+    assert res.diagnostics["n_steps"] == (6 if sum(costs) <= 100 else
+                                          next(k for k in range(6) if sum(costs[:k + 1]) > 100))
+    with pytest.raises(ValueError, match="smaller than n_samples"):
+        trade.sample(gaussian, config, n_samples=300, budget=299)
+
+
+def test_step_cost_is_an_upper_bound(gaussian):
+    """Measured evaluations per step never exceed step_cost, for every method."""
+    for name, variant in VARIANTS.items():
+        config = trade.Config(**{**SMALL, "n_steps": 4, "warmup_steps": 1, "ema_every": 2,
+                                 **variant})
+        family = Family(gaussian.uncounted())
+        data = trade.Data(gaussian.sample(200).float(), 1.0)
+        flow = trade.build_flow(config, 2, data.x)
+        record = {"n_nonfinite": 0}
+        ema = trade.GridEMA(config) if config.expectation == "ema" else None
+        for step in range(config.n_steps):
+            before = family.target.counter.n_energy
+            trade.step_loss(flow, family, config, data, ema, step, record)
+            spent = family.target.counter.n_energy - before
+            assert spent <= trade.step_cost(config, step), (name, step)
+
+
 def test_energy_free_family_needs_a_known_power():
     with pytest.raises(ValueError, match="energy-free"):
         surrogate_family(torch.nn.Linear(1, 1), Family(TwoMoonsPosterior(), "beta"), 1.0)

@@ -181,7 +181,8 @@ def train(
     callback("start", total=config.n_steps, unit="step", description="flow BG")
     while step < config.n_steps:
         spent = target.counter.n_energy - start["n_energy"]
-        if budget is not None and spent + config.batch_size + reserve > budget:
+        cost = config.batch_size if config.objective != "forward" else 0
+        if budget is not None and spent + cost + reserve > budget:
             record["stopped_by_budget"] = True
             break
         loss = torch.zeros((), dtype=dtype_of(flow))
@@ -220,6 +221,9 @@ def sample(
 
     Forward KL draws `config.n_data` exact samples from the target (an error if it has none).
     """
+    if budget is not None and budget < n_samples:
+        raise ValueError(f"budget {budget} is smaller than n_samples {n_samples}: weighting the "
+                         "returned samples alone costs n_samples energy evaluations")
     dtype = getattr(torch, config.dtype)
     data = None
     if config.objective != "reverse":

@@ -305,6 +305,36 @@ def step_loss(flow: ConditionalFlow, family: Family, config: Config, data: Data 
         flow, prop_family, config, data, ema, progress, record)
 
 
+def step_cost(config: Config, step: int) -> int:
+    """An upper bound on the target energy evaluations of training step `step` (0-based), so
+    that a budget is never overshot by a step whose cost differs from the previous one (the
+    first propagation step after the warm-up, an EMA refresh)."""
+    rkl_boundary = config.boundary == "reverse_kl"
+    if config.method == "reverse_kl":
+        return config.batch_size
+    cost = config.batch_size if rkl_boundary else 0
+    if step < config.warmup_steps or config.method == "latent_nll":
+        return cost
+    if config.method == "nll_reverse_kl":
+        return cost + config.batch_size
+    if config.method == "reweight":
+        return cost + 2 * config.n_conditions * config.n_per_condition
+    if config.energy_free:
+        return cost
+    n_c = config.n_grid if config.conditions == "grid" else config.n_conditions
+    cost += n_c * config.n_per_condition
+    if config.expectation == "ema" and (step - config.warmup_steps) % config.ema_every == 0:
+        cost += config.n_grid * config.n_ema_samples
+    return cost
+
+
+def check_budget(budget: int | None, n_samples: int) -> None:
+    """The final importance weights cost n_samples evaluations: a smaller budget is an error."""
+    if budget is not None and budget < n_samples:
+        raise ValueError(f"budget {budget} is smaller than n_samples {n_samples}: weighting the "
+                         "returned samples alone costs n_samples energy evaluations")
+
+
 def train(
     flow: ConditionalFlow, family: Family, config: Config, data: Data | None = None, *,
     budget: int | None = None, reserve: int = 0, callback: Callback = null_callback,
@@ -312,7 +342,8 @@ def train(
 ) -> dict[str, Any]:
     """Trains `flow` with `config.method`; stops after n_steps or when the target evaluations
     would exceed `budget - reserve`. Returns the record (history, n_nonfinite, last SNIS ESS/N,
-    stopped_by_budget, seconds)."""
+    stopped_by_budget, seconds). The check before each step uses the larger of the previous
+    step's cost and `step_cost`."""
     needs_data = config.method != "reverse_kl" and config.boundary == "nll"
     if needs_data and data is None:
         raise ValueError(f"method {config.method!r} with boundary 'nll' needs data")
@@ -336,7 +367,8 @@ def train(
     last_cost, t0, clock = 0, time.perf_counter(), time.perf_counter
     while step < config.n_steps:
         spent = counter.n_energy - start["n_energy"]
-        if budget is not None and spent + last_cost + reserve > budget:
+        cost = max(last_cost, step_cost(config, step))
+        if budget is not None and spent + cost + reserve > budget:
             record["stopped_by_budget"] = True
             break
         before = counter.n_energy
@@ -393,6 +425,7 @@ def sample(
     """Trains TRADE (or a baseline) on `target` over [c_min, c_max] and returns n_samples flow
     samples at c_sample (default c0) with IS log weights. NLL boundaries draw `n_data` exact
     samples at c0 (an error where the target has none: call `train` with data instead)."""
+    check_budget(budget, n_samples)
     family = Family(target, config.parameter)
     dtype = getattr(torch, config.dtype)
     data = None
