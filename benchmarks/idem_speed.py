@@ -84,12 +84,17 @@ def egnn_flops(n: int, hidden: int, n_layers: int, batch: int, shared_time: bool
 
 
 def machine_rates() -> dict[str, float]:
-    """Measured sgemm rate on [20000 x H] @ [H x H] and SiLU cost per element (this machine,
-    current threads)."""
-    a, w = torch.randn(20_000, 128), torch.randn(128, 128)
-    mm = best_of(lambda: torch.nn.functional.linear(a, w), 5)
-    silu = best_of(lambda: torch.nn.functional.silu(a), 5)
-    return {"gemm_gflops": 2 * 20_000 * 128 * 128 / mm / 1e9,
+    """This machine's rates at the current thread count: sgemm at the EGNN's shape
+    ([8192 x 128] @ [128 x 128], one edge chunk) and at 2048^3 (the best case: the peak that
+    bounds any float32 implementation), and SiLU per element (the activation's cost, which an
+    eager implementation pays on top of the matmuls)."""
+    a, w = torch.randn(8192, 128), torch.randn(128, 128)
+    big = torch.randn(2048, 2048)
+    mm = best_of(lambda: torch.nn.functional.linear(a, w), 9)
+    peak = best_of(lambda: big @ big, 5)
+    silu = best_of(lambda: torch.nn.functional.silu(a), 9)
+    return {"gemm_gflops": 2 * 8192 * 128 * 128 / mm / 1e9,
+            "peak_gflops": 2 * 2048**3 / peak / 1e9,
             "silu_ns_per_element": silu / a.numel() * 1e9}
 
 
@@ -121,6 +126,10 @@ def outer_iteration(name: str, inner_steps: int, sde_steps: int, full: bool) -> 
     out["outer_s"] = out["inner_s"] + out["sde_s"]
     out["reference_s"], out["goal_s"] = REFERENCE_S[name], GOAL_S[name]
     out["speedup"] = REFERENCE_S[name] / out["outer_s"]
+    pts = run.prior(cfg.batch_size * cfg.n_mc)  # one inner step's B x K configurations
+    free = target.uncounted()
+    free.log_prob_and_score(pts[:1000])
+    out["energy_grad_step_s"] = best_of(lambda: free.log_prob_and_score(pts), 3)
     net = run.net
     n = target.n_particles
     fwd = egnn_flops(n, cfg.hidden, cfg.n_layers, cfg.n_generate, shared_time=True)
@@ -130,12 +139,29 @@ def outer_iteration(name: str, inner_steps: int, sde_steps: int, full: bool) -> 
         net(x, 0.5)
         fwd_s = best_of(lambda: net(x, 0.5), 3)
     xb, tb = run.prior(cfg.batch_size), torch.rand(cfg.batch_size)
-    fb_s = best_of(lambda: net(xb, tb).square().sum().backward(), 3)
+    goal, weight = torch.zeros_like(xb), torch.ones(cfg.batch_size)
+    fb_s = best_of(lambda: run.backward(xb, tb, goal, weight), 3)  # chunked, as in training
     out.update(egnn_forward_batch_s=fwd_s, egnn_forward_gflop=fwd["flop"] / 1e9,
                egnn_forward_transcendental_M=fwd["transcendental"] / 1e6,
                egnn_fwd_bwd_train_batch_s=fb_s,
-               egnn_fwd_bwd_gflop=3 * train["flop"] / 1e9)
+               egnn_fwd_bwd_gflop=3 * train["flop"] / 1e9,
+               egnn_fwd_bwd_transcendental_M=train["transcendental"] / 1e6)
     return out
+
+
+def floors(r: dict[str, Any], rates: dict[str, float], n_inner: int, n_sde: int,
+           estimator_floor_s: float) -> dict[str, float]:
+    """Lower bounds on one outer iteration. `flop_s`: the network's matmul FLOPs at the
+    machine's peak sgemm rate plus the estimator's energy+gradient time (no float32
+    implementation on this machine can beat it). `eager_s`: matmuls at the rate measured at the
+    network's own shape plus every activation at the measured SiLU cost (what an implementation
+    that runs each layer as library calls pays; backward activations counted once more)."""
+    flop = n_sde * r["egnn_forward_gflop"] + n_inner * r["egnn_fwd_bwd_gflop"]
+    trans = n_sde * r["egnn_forward_transcendental_M"] + 2 * n_inner * r[
+        "egnn_fwd_bwd_transcendental_M"]
+    return {"flop_s": flop / rates["peak_gflops"] + estimator_floor_s,
+            "eager_s": flop / rates["gemm_gflops"] + trans * 1e6 * rates[
+                "silu_ns_per_element"] * 1e-9 + estimator_floor_s}
 
 
 def main() -> None:
@@ -158,7 +184,8 @@ def main() -> None:
           f"load average before: {info['load_before']}")
     rates = machine_rates()
     info["rates"] = rates
-    print(f"machine: sgemm {rates['gemm_gflops']:.0f} GFLOP/s at [20000x128]x[128x128]; "
+    print(f"machine: sgemm {rates['gemm_gflops']:.0f} GFLOP/s at [8192x128]x[128x128], "
+          f"{rates['peak_gflops']:.0f} GFLOP/s at 2048^3; "
           f"SiLU {rates['silu_ns_per_element']:.2f} ns/element")
     if not args.skip_floor:
         floor = estimator_floor(args.repeats)
@@ -172,6 +199,9 @@ def main() -> None:
         info["runs"].append(r)
         tag = "measured" if args.full else (
             f"extrapolated from {r['inner_steps_timed']} inner / {r['sde_steps_timed']} SDE steps")
+        cfg = idem.preset(name)
+        r.update(floors(r, rates, cfg.n_inner, cfg.n_sde_steps,
+                        cfg.n_inner * r["energy_grad_step_s"]))
         flops_fwd = r["egnn_forward_gflop"] / r["egnn_forward_batch_s"]
         flops_fb = r["egnn_fwd_bwd_gflop"] / r["egnn_fwd_bwd_train_batch_s"]
         print(f"\n## {name} ({tag})\n"
@@ -187,7 +217,11 @@ def main() -> None:
               f"{r['egnn_forward_gflop']:.1f} GFLOP + {r['egnn_forward_transcendental_M']:.0f} M "
               f"transcendentals ({flops_fwd:.0f} GFLOP/s effective); fwd+bwd batch 512: "
               f"{r['egnn_fwd_bwd_train_batch_s']:.3f} s for ~{r['egnn_fwd_bwd_gflop']:.1f} GFLOP "
-              f"({flops_fb:.0f} GFLOP/s)")
+              f"({flops_fb:.0f} GFLOP/s)\n"
+              f"lower bounds per outer iteration: {r['flop_s']:.0f} s (matmul FLOPs at the "
+              f"{rates['peak_gflops']:.0f} GFLOP/s peak + estimator), {r['eager_s']:.0f} s "
+              f"(matmuls at {rates['gemm_gflops']:.0f} GFLOP/s + activations at "
+              f"{rates['silu_ns_per_element']:.2f} ns + estimator)")
     info["load_after"] = load()
     print(f"\nload average after: {info['load_after']}")
     if args.json:

@@ -331,3 +331,22 @@ def test_quick_particle_presets_run(name):
     target = targets.get(name.removesuffix("-quick"))
     res = idem.sample(target, idem.preset(name), n_samples=100)
     assert torch.isfinite(res.samples).all() and res.samples.shape == (100, target.dim)
+
+
+@pytest.mark.parametrize("chunk_edges", [12, 36, 0])
+def test_chunked_training_gradient_equals_the_batch_gradient(chunk_edges):
+    # 12 edges per PairWell sample: chunks of 1 and 3 samples (uneven: 8 = 3 + 3 + 2), and off.
+    torch.manual_seed(9)
+    cfg = _tiny(dtype="float64", train_chunk_edges=chunk_edges)
+    run = idem._Training(PairWell(), cfg, None, None)
+    assert run.train_chunk == (cfg.batch_size if chunk_edges == 0 else chunk_edges // 12)
+    xt, t = torch.randn(8, 8, dtype=torch.float64), torch.rand(8, dtype=torch.float64)
+    goal, weight = torch.randn(8, 8, dtype=torch.float64), torch.rand(8, dtype=torch.float64)
+    loss = run.backward(xt, t, goal, weight)
+    chunked = [p.grad.clone() for p in run.net.parameters()]
+    run.optimizer.zero_grad()
+    whole = dem_loss(run.net(xt, t), goal, weight)
+    whole.backward()
+    assert loss == pytest.approx(whole.item(), rel=1e-12)
+    for a, p in zip(chunked, run.net.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad, rtol=1e-10, atol=1e-12)

@@ -141,7 +141,7 @@ class EGNN(nn.Module):
 
     def __init__(self, n_particles: int, spatial_dim: int, hidden: int = 128, n_layers: int = 3,
                  attention: bool = True, coords_range: float = 15.0, tanh: bool = True,
-                 chunk_edges: int = 16384) -> None:
+                 chunk_edges: int = 8192) -> None:
         super().__init__()
         if n_particles < 2:
             raise ValueError("an EGNN needs at least two particles")
