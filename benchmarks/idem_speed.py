@@ -5,11 +5,14 @@ FLOP counts of the EGNN.
     python benchmarks/idem_speed.py                     # reduced steps, extrapolated (minutes)
     python benchmarks/idem_speed.py --full              # 100 inner steps + 1000 SDE steps
     python benchmarks/idem_speed.py --inner-steps 10 --sde-steps 50 --targets dw4
+    python benchmarks/idem_speed.py --runs 3            # medians of three measurements
 
 Reduced runs time `--inner-steps` inner steps and `--sde-steps` reverse-SDE steps (batch 1000)
 and multiply by 100 / inner-steps and 1000 / sde-steps: every inner step and every SDE step does
 the same work, so this extrapolates the per-iteration cost (first steps are warm-up and are
-excluded). The output says when numbers are extrapolated. Reference implementation (issue 4,
+excluded). The output says when numbers are extrapolated. It also prints this machine's sgemm
+rate (at the network's shape and at 2048^3) and SiLU cost, and two lower bounds per outer
+iteration derived from them and the EGNN's FLOP and activation counts. Reference implementation (issue 4,
 same machine class): DW-4 103 s, LJ-13 4,630 s per outer iteration; targets 20 s and 900 s.
 """
 
@@ -19,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from typing import Any
 
@@ -164,6 +168,17 @@ def floors(r: dict[str, Any], rates: dict[str, float], n_inner: int, n_sde: int,
                 "silu_ns_per_element"] * 1e-9 + estimator_floor_s}
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-key median of numeric results over repeated measurements (other keys from the
+    first); `outer_s_runs` keeps every run's total."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            out[key] = statistics.median(r[key] for r in runs)
+    out["outer_s_runs"] = [r["outer_s"] for r in runs]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -173,6 +188,8 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="100 inner + 1000 SDE steps, measured")
     ap.add_argument("--skip-floor", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=1,
+                    help="measure each outer iteration this many times; medians are printed")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -195,10 +212,14 @@ def main() -> None:
               f"ratio {floor['ratio']:.2f} (acceptance: <= 1.5)")
     info["runs"] = []
     for name in args.targets.split(","):
-        r = outer_iteration(name, args.inner_steps, args.sde_steps, args.full)
+        runs = [outer_iteration(name, args.inner_steps, args.sde_steps, args.full)
+                for _ in range(args.runs)]
+        r = median_run(runs)
         info["runs"].append(r)
         tag = "measured" if args.full else (
             f"extrapolated from {r['inner_steps_timed']} inner / {r['sde_steps_timed']} SDE steps")
+        tag += (f"; median of {args.runs} runs: "
+                + ", ".join(f"{v:.1f}" for v in r["outer_s_runs"]) + " s") if args.runs > 1 else ""
         cfg = idem.preset(name)
         r.update(floors(r, rates, cfg.n_inner, cfg.n_sde_steps,
                         cfg.n_inner * r["energy_grad_step_s"]))

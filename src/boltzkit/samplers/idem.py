@@ -185,8 +185,10 @@ def sample(target: Target, config: Config, *, n_samples: int, budget: int | None
                 run.save()
     except OutOfBudget:
         run.stopped_by_budget = True
-        callback("log", message=f"iDEM: budget of {budget} evaluations reached at outer "
-                                f"iteration {run.iteration}")
+        step = config.batch_size * config.n_mc
+        callback("log", message=f"iDEM: budget of {budget:,} evaluations reached at outer "
+                                f"iteration {run.iteration} (one inner step costs {step:,}, an "
+                                f"outer iteration {step * config.n_inner:,})")
         run.save()
     samples = run.generate(n_samples) * config.scale
     callback("end")
