@@ -102,6 +102,44 @@ def test_trade_loss_detects_a_wrong_solution(gaussian, exact_flow, broken):
     assert losses.mean().item() - d / (2 * m) > 20 * se
 
 
+@pytest.mark.parametrize("rho", ["huber", "mse"])
+def test_fitted_constant_loss_is_zero_at_the_exact_solution_and_not_elsewhere(
+        gaussian, exact_flow, rho):
+    """constant="fitted": at q = p, d/dc log q + A is constant in x, so the residual vanishes
+    (no SNIS error at all); a wrong flow family leaves a clear residual."""
+    torch.manual_seed(0)
+    config = trade.Config(rho=rho, n_per_condition=32, c0=1.0, constant="fitted")
+    c = torch.exp(torch.linspace(math.log(0.3), math.log(3.0), 50, dtype=torch.float64))
+    exact, _ = trade.propagation_loss(exact_flow(), Family(gaussian), c, config)
+    wrong, _ = trade.propagation_loss(exact_flow(power=2.0), Family(gaussian), c, config)
+    assert exact.abs().max() < 1e-10
+    assert wrong.mean() > 0.05
+
+
+def test_fitted_constant_is_the_huber_location_and_resists_outliers():
+    """MSE: the mean. Huber: the root of sum clip(v - k, +-delta) = 0, within 5 SE of the bulk's
+    centre with 2 % far outliers, where the plain mean (the broken variant) is dragged away."""
+    torch.manual_seed(0)
+    n = 2000
+    v = 3.0 + 0.5 * torch.randn(n, dtype=torch.float64)
+    v[: n // 50] = 1e4
+    valid = torch.ones(n, dtype=torch.bool)
+    ones = torch.ones(n, dtype=torch.float64)
+    huber = trade.Config(residual_in_log_c=False, huber_delta=1.0)
+    k = trade.fitted_constant(v, valid, ones, 1, huber)
+    assert abs(float((v - k).clamp(-1.0, 1.0).sum())) < 1e-6
+    se = 0.5 / math.sqrt(n)
+    assert abs(float(k) - 3.0) < 5 * se + 0.5 * 0.02 * 1.5  # + the Huber bias of 2 % outliers
+    mean = trade.fitted_constant(v, valid, ones, 1, trade.Config(residual_in_log_c=False,
+                                                                 rho="mse"))
+    torch.testing.assert_close(mean, v.mean().reshape(1))
+    assert abs(float(mean) - 3.0) > 100
+    # residual in log c: the location of c * v, returned in units of v
+    c = torch.full((n,), 0.5, dtype=torch.float64)
+    k_log = trade.fitted_constant(v, valid, c, 1, trade.Config(huber_delta=0.5))
+    torch.testing.assert_close(k_log, k, rtol=1e-6, atol=1e-6)
+
+
 # ---- training from the boundary alone ---------------------------------------------------------
 def _recovers(flow, gaussian, temp, n=2000):
     """Flow samples' covariance within 5 SE of T Sigma (SE of a Gaussian sample covariance)."""
@@ -133,6 +171,23 @@ def test_trade_from_the_boundary_recovers_other_temperatures(gaussian):
     trade.train(flow0, family, baseline, data)
     assert _recovers(flow0, gaussian, 1.0)
     assert not _recovers(flow0, gaussian, 2.0)
+
+
+@pytest.mark.slow
+def test_trade_with_the_fitted_constant_recovers_other_temperatures(gaussian):
+    """The same recovery as above with E_c[A] fitted instead of importance sampled (it
+    converges more slowly: 500 steps; about 20 s on the loaded 2-core machine, so slow)."""
+    torch.manual_seed(0)
+    config = trade.Config(n_steps=500, constant="fitted", **SMALL)
+    family = Family(gaussian)
+    data = trade.Data(gaussian.sample(4000).float(), 1.0)
+    flow = trade.build_flow(config, 2, data.x)
+    trade.train(flow, family, config, data)
+    for temp in (0.5, 2.0):
+        ev = trade.evaluate(flow, family, temp, 8000)
+        assert ev["ess_fraction"] > 0.9
+        assert abs(ev["log_Z"] - ev["log_Z_true"]) < 5 * ev["log_Z_se"] + 1e-3
+        assert _recovers(flow, gaussian, temp)
 
 
 # ---- machinery --------------------------------------------------------------------------------
@@ -172,6 +227,7 @@ def test_snis_rows_without_weight_give_zero_not_nan():
 
 VARIANTS = {
     "trade-flow_c-curriculum": {},
+    "trade-fitted-grid": {"constant": "fitted", "conditions": "grid"},
     "trade-flow_c0-grid": {"expectation": "flow_c0", "conditions": "grid"},
     "trade-ema-grid": {"expectation": "ema", "conditions": "grid", "ema_every": 2},
     "trade-energy-free": {"energy_free": True, "rho": "huber"},

@@ -7,14 +7,15 @@ flow per method trained from boundary data only.
   samples minus the exact entropy) and ESS/N at T = 0.5 and 1.
 - trade-phi4, trade-two-moons: `run_phi4`, `run_two_moons` (experiments.trade_extra).
 
-Methods (`methods=...`): trade-grid (log grid, causality weights, flow samples at c),
-trade-free (widening curriculum, residual points and SNIS proposal = the flow at c0 reweighted to
-c), trade-free-c (curriculum, flow samples at c: diverged on tempered-gmm-2d, see README),
-trade-ema (grid, per-point EMA of E_c[A]), latent_nll (NLL at c0, latent temperature scaling
-only), reverse_kl (over the range), nll_reverse_kl, reweight (c0 data reweighted to c), nll_data
-(conditional NLL on the boundary data only). Every experiment writes
-results.csv (long form), results.md (one table per metric, methods x conditions), settings.json
-and figures into out_dir; entry points seed torch and record the seed, threads and load.
+Methods (`methods=...`): trade-grid (log grid, causality weights, flow samples at c), trade-free
+(widening curriculum, residual points and SNIS proposal = the flow at c0 reweighted to c),
+trade-free-c (curriculum, flow samples at c: diverged on tempered-gmm-2d, see README), trade-ema
+(grid, per-point EMA of E_c[A]), trade-grid-fit / trade-free-fit (as trade-grid / trade-free with
+E_c[A] fitted per condition instead of importance sampled), latent_nll (NLL at c0, latent
+temperature scaling only), reverse_kl (over the range), nll_reverse_kl, reweight (c0 data reweighted
+to c), nll_data (conditional NLL on the boundary data only). Every experiment writes results.csv
+(long form), results.md (one table per metric, methods x conditions), settings.json and figures into
+out_dir; entry points seed torch and record the seed, threads and load.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "trade-free": {"conditions": "curriculum", "expectation": "flow_c0"},
     "trade-free-c": {"conditions": "curriculum"},
     "trade-ema": {"conditions": "grid", "expectation": "ema"},
+    "trade-grid-fit": {"conditions": "grid", "constant": "fitted"},
+    "trade-free-fit": {"conditions": "curriculum", "expectation": "flow_c0", "constant": "fitted"},
     "latent_nll": {"method": "latent_nll"},
     "reverse_kl": {"method": "reverse_kl"},
     "nll_reverse_kl": {"method": "nll_reverse_kl"},
