@@ -119,3 +119,27 @@ def test_gradients_reach_every_parameter(net, inputs):
     missing = [name for name, p in net.named_parameters()
                if p.grad is None or p.grad.abs().max() == 0]
     assert not missing
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])
+def test_symmetric_first_layer_equals_both_directions(net, inputs, grad):
+    """Messages once per pair (shared first-layer state) give the same function as both edge
+    directions, with scalar and per-sample time."""
+    x, t = inputs
+    with torch.set_grad_enabled(grad):
+        net.symmetric_first_layer = False
+        both = net(x, t), net(x, 0.37)
+        net.symmetric_first_layer = True
+        pairs = net(x, t), net(x, 0.37)
+    for a, b in zip(pairs, both, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    layer, h = net.layers[0], net.time_embed(t.reshape(-1, 1, 1))
+    xp = x.view(-1, N, D)
+    x_pairs, h_pairs = layer(xp, h, net.col, (net.pair_first, net.pair_second))
+    x_both, h_both = layer(xp, h, net.col, None)
+    swapped, _ = layer(xp, h, net.col, (net.pair_second, net.pair_first))  # (j, i): same sums
+    missing, _ = layer(xp, h, net.col, (net.pair_first[1:], net.pair_second[1:]))
+    torch.testing.assert_close(x_pairs, x_both, atol=1e-12, rtol=0)
+    torch.testing.assert_close(h_pairs, h_both, atol=1e-12, rtol=0)
+    torch.testing.assert_close(swapped, x_both, atol=1e-12, rtol=0)
+    assert (missing - x_both).abs().max() > 1e-3  # the comparison sees one pair left out

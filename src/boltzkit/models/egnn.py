@@ -13,6 +13,8 @@ Speed (exact reformulations, no change of the function):
 * the time embedding makes every particle's first hidden state equal, so the first layer's
   per-node products are computed once per sample (once per batch when t is a scalar, as in the
   reverse SDE);
+* in the first layer every particle has the same features, so m_ij = m_ji: its messages are
+  computed once per unordered pair (half the first layer's edge work);
 * the last layer's node update (unused by the coordinate output) is skipped;
 * without autograd, the forward pass runs in batch chunks sized to stay in cache and updates
   activations in place.
@@ -80,15 +82,51 @@ class EquivariantLayer(nn.Module):
                 nn.init.uniform_(p, -bound, bound)
             self.node_out = nn.Linear(hidden, hidden)
 
-    def forward(self, x: Tensor, h: Tensor, col: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, h: Tensor, col: Tensor,
+                pairs: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """x `[B, n, d]`, h `[B or 1, n or 1, H]` (size-1 dims broadcast), col `[n (n-1)]` the
-        neighbour index of each edge (edges ordered by source particle) -> (x, h)."""
+        neighbour index of each edge (edges ordered by source particle), pairs (i, j) with
+        i < j -> (x, h). When every particle has the same h and `pairs` is given, the message
+        m_ij depends on |x_i - x_j|^2 only, so m_ij = m_ji: it is computed once per pair."""
+        if pairs is not None and h.shape[1] == 1:
+            return self._forward_pairs(x, h, pairs)
         inplace = not torch.is_grad_enabled()
         b, n, _ = x.shape
         x_nbr = x[:, col].view(b, n, n - 1, -1)
         diff = x.unsqueeze(2) - x_nbr
         r2 = diff.square().sum(-1, keepdim=True)
         z = self._first_edge_layer(h, r2, col, inplace)
+        m, weight = self._messages(z, r2, inplace)
+        x = x + (diff * weight).sum(2) / (n - 1)
+        if self.update_h:
+            h = self._update_h(h, m.sum(2) / (n - 1), inplace)
+        return x, h
+
+    def _forward_pairs(self, x: Tensor, h: Tensor,
+                       pairs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        # Shared h: z_ij = (W_src + W_dst) h + b_1 + w r_ij is symmetric, and so are m_ij and
+        # phi_ij; x_i gets +v_p and x_j gets -v_p from pair p = (i, j), v_p = diff_p phi_p / ..
+        inplace = not torch.is_grad_enabled()
+        first, second = pairs
+        b, n, d = x.shape
+        diff = x[:, first] - x[:, second]  # [B, P, d]
+        r2 = diff.square().sum(-1, keepdim=True)
+        base = self.edge_src(h) + self.edge_dst(h)  # [B|1, 1, H]
+        if inplace:
+            z = base.expand(b, r2.shape[1], -1).clone().addcmul_(r2, self.edge_dist)
+        else:
+            z = base + r2 * self.edge_dist
+        m, weight = self._messages(z, r2, inplace)
+        v = diff * weight
+        update = x.new_zeros(b, n, d).index_add(1, first, v).index_add(1, second, -v)
+        x = x + update / (n - 1)
+        if self.update_h:
+            agg = m.new_zeros(b, n, m.shape[-1]).index_add(1, first, m).index_add(1, second, m)
+            h = self._update_h(h, agg / (n - 1), inplace)
+        return x, h
+
+    def _messages(self, z: Tensor, r2: Tensor, inplace: bool) -> tuple[Tensor, Tensor]:
+        # m = SiLU(W_2 SiLU(z) + b_2) (gated), and the coordinate weight phi(m) / (|diff| + 1).
         m = _silu(self.edge_out(_silu(z, inplace)), inplace)
         if self.attention is not None:
             gate = self.attention(m)
@@ -97,14 +135,12 @@ class EquivariantLayer(nn.Module):
         if self.tanh:
             phi = self.coords_range * torch.tanh(phi / self.coords_range)
         # phi / (|diff| + 1) first: [.., 1]-shaped work, then one pass over the [.., d] diffs.
-        weight = phi / (r2.sqrt() + 1.0)
-        x = x + (diff * weight).sum(2) / (n - 1)
-        if self.update_h:
-            agg = m.sum(2) / (n - 1)
-            u = self.node_agg(agg)
-            u = u.add_(self.node_self(h)) if inplace else u + self.node_self(h)
-            h = h + self.node_out(_silu(u, inplace))
-        return x, h
+        return m, phi / (r2.sqrt() + 1.0)
+
+    def _update_h(self, h: Tensor, agg: Tensor, inplace: bool) -> Tensor:
+        u = self.node_agg(agg)
+        u = u.add_(self.node_self(h)) if inplace else u + self.node_self(h)
+        return h + self.node_out(_silu(u, inplace))
 
     def _first_edge_layer(self, h: Tensor, r2: Tensor, col: Tensor, inplace: bool) -> Tensor:
         # W_1 [h_i, h_j, r_ij] + b_1 = (W_src h_i + b_1) + W_dst h_j + w r_ij, per-node products.
@@ -137,11 +173,14 @@ class EGNN(nn.Module):
         tanh: bound coordinate messages.
         chunk_edges: without autograd, the batch is processed in chunks of about this many edges
             (B n (n-1)) to keep activations in cache; 0 disables chunking.
+        symmetric_first_layer: compute the first layer's messages once per particle pair (they
+            are symmetric there, all particles sharing the time embedding); False computes
+            both directions (the same function, for tests and timing).
     """
 
     def __init__(self, n_particles: int, spatial_dim: int, hidden: int = 128, n_layers: int = 3,
                  attention: bool = True, coords_range: float = 15.0, tanh: bool = True,
-                 chunk_edges: int = 8192) -> None:
+                 chunk_edges: int = 8192, symmetric_first_layer: bool = True) -> None:
         super().__init__()
         if n_particles < 2:
             raise ValueError("an EGNN needs at least two particles")
@@ -153,9 +192,13 @@ class EGNN(nn.Module):
             for i in range(n_layers)
         )
         self.chunk_edges = chunk_edges
+        self.symmetric_first_layer = symmetric_first_layer
         idx = torch.arange(n_particles)
         col = idx.repeat(n_particles, 1)[~torch.eye(n_particles, dtype=torch.bool)]
         self.register_buffer("col", col, persistent=False)
+        first, second = torch.triu_indices(n_particles, n_particles, 1)
+        self.register_buffer("pair_first", first, persistent=False)
+        self.register_buffer("pair_second", second, persistent=False)
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """x `[B, n d]`, t `[B]` or a scalar -> `[B, n d]` (COM-free)."""
@@ -173,7 +216,8 @@ class EGNN(nn.Module):
         x0 = x.reshape(b, self.n_particles, self.spatial_dim)
         h = self.time_embed(t.reshape(-1, 1, 1))  # [b or 1, 1, H]: equal for every particle
         xl = x0
+        pairs = (self.pair_first, self.pair_second) if self.symmetric_first_layer else None
         for layer in self.layers:
-            xl, h = layer(xl, h, self.col)
+            xl, h = layer(xl, h, self.col, pairs)
         out = xl - x0
         return (out - out.mean(dim=1, keepdim=True)).reshape(b, self.dim)
