@@ -73,18 +73,20 @@ def egnn_flops(n: int, hidden: int, n_layers: int, batch: int, shared_time: bool
     Per edge and layer: two H x H matmuls (edge MLP second layer, coordinate MLP hidden layer),
     attention and coordinate heads (2H each); 3H SiLUs, one sigmoid, one tanh, one sqrt. Per
     node and layer: the split first edge layer (2 H^2 MACs) and the node MLP (3 H^2) except in
-    the last layer; in the first layer all nodes share h, so those products are per sample
-    (per batch when t is a scalar, `shared_time`)."""
+    the last layer. In the first layer the edges count half (one message per pair) and all
+    nodes share h, so its per-node products are per sample (per batch when t is a scalar,
+    `shared_time`)."""
     h2 = hidden * hidden
     edges = batch * n * (n - 1)
-    mm = edges * n_layers * 2 * (2 * h2 + 2 * hidden)
+    edge_layers = n_layers - 0.5  # the first layer's messages are computed once per pair
+    mm = edges * edge_layers * 2 * (2 * h2 + 2 * hidden)
     first_rows = 1 if shared_time else batch
     for layer in range(n_layers):
         rows = first_rows if layer == 0 else batch * n
         mm += rows * 2 * 2 * h2  # edge_src, edge_dst
         if layer < n_layers - 1:
             mm += 2 * (rows * h2 + batch * n * 2 * h2)  # node_self on h, node_agg + node_out
-    trans = edges * n_layers * (3 * hidden + 3) + batch * n * (n_layers - 1) * hidden
+    trans = edges * edge_layers * (3 * hidden + 3) + batch * n * (n_layers - 1) * hidden
     return {"flop": float(mm), "transcendental": float(trans)}
 
 
