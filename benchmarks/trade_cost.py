@@ -27,7 +27,8 @@ from boltzkit.samplers import trade
 from boltzkit.samplers.trade_family import Family
 from boltzkit.targets import get
 
-METHODS = {"single-T": "latent_nll", "trade-free": "trade-free", "trade-grid": "trade-grid"}
+METHODS = {"single-T": "latent_nll", "trade-free": "trade-free", "trade-grid": "trade-grid",
+           "trade-free-fit": "trade-free-fit", "trade-grid-fit": "trade-grid-fit"}
 PROBLEM = {"parameter": "temperature", "c0": 1.0, "c_min": 0.162, "c_max": 6.16}
 
 
