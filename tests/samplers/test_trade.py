@@ -116,6 +116,22 @@ def test_fitted_constant_loss_is_zero_at_the_exact_solution_and_not_elsewhere(
     assert wrong.mean() > 0.05
 
 
+def test_residual_scale_spread_keeps_the_exact_solution_and_divides_by_the_spread(
+        gaussian, exact_flow):
+    """residual_scale="spread": the exact solution still has zero residual; the divisor is
+    max(1, 1.4826 MAD) per condition over the valid points."""
+    torch.manual_seed(0)
+    config = trade.Config(n_per_condition=32, c0=1.0, constant="fitted", residual_scale="spread")
+    c = torch.exp(torch.linspace(math.log(0.3), math.log(3.0), 20, dtype=torch.float64))
+    exact, _ = trade.propagation_loss(exact_flow(), Family(gaussian), c, config)
+    assert exact.abs().max() < 1e-10
+    v = torch.tensor([0.0, 10.0, 20.0, 1e6, 0.0, 0.1, 0.2, 0.3], dtype=torch.float64)
+    valid = torch.tensor([True, True, True, False, True, True, True, True])
+    spread = trade._spread(v, valid, 2, 4)
+    torch.testing.assert_close(spread, torch.tensor([14.826] * 4 + [1.0] * 4,
+                                                    dtype=torch.float64))
+
+
 def test_fitted_constant_is_the_huber_location_and_resists_outliers():
     """MSE: the mean. Huber: the root of sum clip(v - k, +-delta) = 0, within 5 SE of the bulk's
     centre with 2 % far outliers, where the plain mean (the broken variant) is dragged away."""

@@ -76,6 +76,8 @@ class Config:
     ema_decay: float = 0.5
     n_ema_samples: int = 256
     rho: Literal["huber", "mse"] = "huber"
+    # "spread": residuals divided per condition by max(1, robust spread of A) (same solutions)
+    residual_scale: Literal["none", "spread"] = "none"
     huber_delta: float = 1.0
     weight: float = 1.0  # lambda
     residual_in_log_c: bool = True  # residual times c, i.e. d/dlog c (scale-free in c)
@@ -162,10 +164,20 @@ def propagation_loss(
     residual = dlog_q - (mean_a.repeat_interleave(m) - a)
     if config.residual_in_log_c:
         residual = residual * c_rep
+    if config.residual_scale == "spread":
+        residual = residual / _spread(a * (c_rep if config.residual_in_log_c else 1.0), valid, g, m)
     per_x = torch.where(valid, rho(residual, config), torch.zeros_like(residual)).view(g, m)
     n_ok = valid.view(g, m).sum(-1).clamp_min(1)
     info = {"ess_fraction": (ess / m).tolist(), "n_nonfinite": int((~valid).sum())}
     return per_x.sum(-1) / n_ok, info
+
+
+def _spread(v: Tensor, valid: Tensor, g: int, m: int) -> Tensor:
+    """Per condition max(1, 1.4826 * MAD of v over the valid points), repeated to `[g * m]`."""
+    v = torch.where(valid, v.double(), math.nan).view(g, m)
+    med = torch.nanmedian(v, -1, keepdim=True).values
+    mad = torch.nanmedian((v - med).abs(), -1).values.nan_to_num(0.0)
+    return (1.4826 * mad).clamp_min(1.0).repeat_interleave(m).detach()
 
 
 def reverse_kl_range_loss(flow: ConditionalFlow, family: Family, config: Config,
