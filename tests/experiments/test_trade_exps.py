@@ -99,3 +99,19 @@ def test_multi_well_end_to_end(tmp_path):
 def test_experiments_end_to_end_quick(tmp_path, run):
     out = run(tmp_path, ["preset=quick", "figures=true"], lambda *a, **k: None)
     assert out and (tmp_path / "results.md").exists() and (tmp_path / "results.csv").exists()
+
+
+def test_phi4_and_calibration_figures_are_written(tmp_path):
+    from boltzkit.experiments import trade_extra as te
+
+    rows = [{"method": m, "kappa": k, "ess_fraction": 0.5, "abs_m": k, "action": -k,
+             "chi": 1.0, "binder": 0.3} for m in ("hmc", "trade-grid-fit") for k in (0.22, 0.3)]
+    rows = [{k: v for k, v in r.items() if not (r["method"] == "hmc" and k == "ess_fraction")}
+            for r in rows]  # HMC has no ESS: its curve is left out of that panel
+    path = te.phi4_figure(tmp_path / "obs.png", rows)
+    levels = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    cal = te.calibration_figure(tmp_path / "cal.png", levels,
+                                {("latent_nll", 1.0): levels.tolist(),
+                                 ("trade-free", 0.5): (levels ** 2).tolist()})
+    for p in (path, cal):
+        assert p.exists() and p.stat().st_size > 5000

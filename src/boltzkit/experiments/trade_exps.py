@@ -250,33 +250,24 @@ def run_gmm(out_dir: Path, overrides: list[str], callback: Callable[..., None]
 
 def _density_figure(path: Path, target: Any, flows: dict[str, Any],
                     temperatures: tuple[float, ...]) -> None:
-    # TODO(main): move into boltzkit.plots (the only module meant to import matplotlib).
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """exp(log p - max) on a 200 x 200 grid: the exact tempered density and each flow's, one
+    column per temperature (`plots.image_grid`)."""
+    from boltzkit import plots
 
     g = torch.linspace(-8, 11, 200, dtype=torch.float64)
     xy = torch.cartesian_prod(g, g)
-    rows = ["exact", *flows]
-    fig, axes = plt.subplots(len(rows), len(temperatures), figsize=(3 * len(temperatures),
-                                                                    2.6 * len(rows)))
+    images: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
-        for j, temp in enumerate(temperatures):
-            for i, name in enumerate(rows):
+        for name in ["exact", *flows]:
+            images[name] = {}
+            for temp in temperatures:
                 if name == "exact":
                     lp = target.uncounted().tempered(temp).log_prob(xy)
                 else:
                     flow = flows[name][0]
                     lp = flow.log_prob(xy.to(dtype_of(flow)), temp).double()
-                img = torch.exp(lp - lp.max()).reshape(200, 200).T.numpy()
-                ax = axes[i, j]
-                ax.imshow(img, origin="lower", extent=(-8, 11, -8, 11), cmap="viridis")
-                ax.set_xticks([]), ax.set_yticks([])
-                ax.set_title(f"{name}, T={temp:g}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+                images[name][f"T={temp:g}"] = torch.exp(lp - lp.max()).reshape(200, 200).T
+    plots.image_grid(images, path, extent=(-8, 11, -8, 11))
 
 
 # ---- multi-well-5d --------------------------------------------------------------------------

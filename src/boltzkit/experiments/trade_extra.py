@@ -19,6 +19,7 @@ lattice field theory and tempered Bayesian inference). Shared settings and table
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,9 +118,30 @@ def phi4_experiment(out_dir: Path, overrides: list[str], callback: Callable[...,
                     "trade-phi4: flow (reweighted; abs_m_raw unweighted) vs HMC",
                     f"HMC: {n_chains} chains x {n_keep} draws per kappa, bootstrap over chains "
                     f"in results.csv (*_se); flows: {settings.n_steps} steps.")
+    if settings.figures:
+        phi4_figure(out_dir / "observables.png", rows)
     headline = {"mean_ess_fraction": tx.means_by_method(
         [r for r in rows if r["method"] != "hmc"], "ess_fraction")}
     return tx.finish_run(out_dir, record, t0, headline)
+
+
+PHI4_LABELS = {"abs_m": "<|m|>", "action": "action per site", "chi": "susceptibility",
+               "binder": "Binder cumulant", "ess_fraction": "IS ESS / N"}
+
+
+def phi4_figure(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """ESS/N and each observable against kappa, one curve per method (HMC the reference; its
+    and the flows' bootstrap errors are the *_se columns of results.csv)."""
+    from boltzkit import plots
+
+    grid: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, label in PHI4_LABELS.items():
+        curves: dict[str, Any] = {}
+        for method in dict.fromkeys(r["method"] for r in rows):  # NaN: no value (HMC ESS),
+            pts = [(r["kappa"], r.get(key, math.nan)) for r in rows if r["method"] == method]
+            curves[method] = tuple(zip(*pts, strict=True))  # so colours match across panels
+        grid[label] = {"phi4 8x8, lam = 0.02": curves}
+    return plots.curve_grid(grid, path, xlabel="kappa")
 
 
 @torch.no_grad()
@@ -175,33 +197,51 @@ def two_moons_experiment(out_dir: Path, overrides: list[str], callback: Callable
     n_obs = 3 if settings.n_steps < 100 else 10
     _, observations = target.sample_joint(n_obs)
     levels = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
-    rows = []
+    rows, curves = [], {}
     for beta in MOONS_BETAS:
         refs = [moons_reference(target, y_j, beta, min(settings.n_eval, 4000))
                 for y_j in observations]
         for method, (flow, _) in flows.items():
-            rows.append({"method": method, "beta": beta,
-                         **_moons_scores(flow, target, refs, observations, beta, levels,
-                                         settings.n_eval)})
+            scores = _moons_scores(flow, target, refs, observations, beta, levels,
+                                   settings.n_eval)
+            curves[(method, beta)] = scores.pop("coverage")
+            rows.append({"method": method, "beta": beta, **scores})
     tx.write_tables(out_dir, rows, ("kl", "calibration_error", "ess_fraction"), "beta",
                     "trade-two-moons: KL(p || q), max |coverage - level| and ESS/N, mean over "
                     f"{n_obs} observations", f"data at beta = 1 only; {settings.n_steps} steps.")
+    if settings.figures:
+        calibration_figure(out_dir / "calibration.png", levels, curves)
     headline = {m: {r["beta"]: r["kl"] for r in rows if r["method"] == m} for m in flows}
     return tx.finish_run(out_dir, record, t0, headline)
 
 
+def calibration_figure(path: Path, levels: Tensor,
+                       curves: dict[tuple[str, float], list[float]]) -> Path:
+    """Posterior calibration curves (coverage of the flow's HPD regions against their level,
+    mean over observations), one panel per beta; the diagonal is perfect calibration."""
+    from boltzkit import plots
+
+    panels: dict[str, dict[str, Any]] = {}
+    for (method, beta), coverage in curves.items():
+        panel = panels.setdefault(f"beta = {beta:g}", {"ideal": (levels, levels)})
+        panel[method] = (levels, coverage)
+    return plots.curve_grid({"coverage": panels}, path, xlabel="HPD level")
+
+
 def _moons_scores(flow: ConditionalFlow, target: TwoMoonsPosterior, refs: list, ys: Tensor,
                   beta: float, levels: Tensor, n_eval: int) -> dict[str, float]:
-    kls, cal, ess = [], [], []
+    kls, cal, ess, coverage = [], [], [], []
     dt = dtype_of(flow)
     for ref, y in zip(refs, ys, strict=True):
         with torch.no_grad():
             log_q = flow.log_prob(ref[0].to(dt), beta, y.to(dt)).double()
         kls.append(float(estimators.snis(ref[2], ref[1] - log_q).mean))
-        cal.append(float((calibration(flow, ref, beta, y, levels) - levels).abs().max()))
+        cover = calibration(flow, ref, beta, y, levels)
+        coverage.append(cover)
+        cal.append(float((cover - levels).abs().max()))
         post = target.uncounted().with_context(y).with_beta(beta)
         ev = trade.evaluate(flow, Family(post, "beta"), beta, min(n_eval, 4000), y.to(dt))
         ess.append(ev["ess_fraction"])
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     return {"kl": mean(kls), "calibration_error": mean(cal), "ess_fraction": mean(ess),
-            "kl_max": max(kls)}
+            "kl_max": max(kls), "coverage": torch.stack(coverage).mean(0).tolist()}
