@@ -6,6 +6,7 @@ FLOP counts of the EGNN.
     python benchmarks/idem_speed.py --full              # 100 inner steps + 1000 SDE steps
     python benchmarks/idem_speed.py --inner-steps 10 --sde-steps 50 --targets dw4
     python benchmarks/idem_speed.py --runs 3            # medians of three measurements
+    python benchmarks/idem_speed.py --skip-floor --inner-steps 1 --sde-steps 1 --ablations 5
 
 Reduced runs time `--inner-steps` inner steps and `--sde-steps` reverse-SDE steps (batch 1000)
 and multiply by 100 / inner-steps and 1000 / sde-steps: every inner step and every SDE step does
@@ -171,6 +172,59 @@ def floors(r: dict[str, Any], rates: dict[str, float], n_inner: int, n_sde: int,
                 "silu_ns_per_element"] * 1e-9 + estimator_floor_s}
 
 
+def ablations(name: str, repeats: int) -> dict[str, float]:
+    """Interleaved A/B timings (median seconds over `repeats` rounds) of the exact
+    reformulations, on the preset's network: the pairwise first layer on and off (forward batch
+    1000 and chunked training forward+backward batch 512), inference chunk sizes, and the
+    training batch in edge chunks against all at once."""
+    target, cfg = targets.get(name), idem.preset(name)
+    run = idem._Training(target, cfg, None, None)
+    net = run.net
+    x = run.prior(cfg.n_generate)
+    xb, tb = run.prior(cfg.batch_size), torch.rand(cfg.batch_size)
+    goal, weight = torch.zeros_like(xb), torch.ones(cfg.batch_size)
+    chunked = run.train_chunk
+
+    def forward() -> None:
+        with torch.no_grad():
+            net(x, 0.5)
+
+    def train(chunk: int) -> Any:
+        def step() -> None:
+            run.train_chunk = chunk
+            run.backward(xb, tb, goal, weight)
+        return step
+
+    def setting(fn: Any, **attrs: Any) -> Any:
+        def call() -> None:
+            for k, v in attrs.items():
+                setattr(net, k, v)
+            fn()
+        return call
+
+    cases = {
+        "forward, pairwise first layer": setting(forward, symmetric_first_layer=True),
+        "forward, both directions": setting(forward, symmetric_first_layer=False),
+        "train, pairwise first layer": setting(train(chunked), symmetric_first_layer=True),
+        "train, both directions": setting(train(chunked), symmetric_first_layer=False),
+        "forward, chunks of 8192 edges": setting(forward, chunk_edges=8192,
+                                                 symmetric_first_layer=True),
+        "forward, chunks of 16384 edges": setting(forward, chunk_edges=16384),
+        "forward, chunks of 32768 edges": setting(forward, chunk_edges=32768),
+        f"train, chunks of {chunked} samples": setting(train(chunked), chunk_edges=8192),
+        "train, whole batch": train(cfg.batch_size),
+    }
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for fn in cases.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for key, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-key median of numeric results over repeated measurements (other keys from the
     first); `outer_s_runs` keeps every run's total."""
@@ -193,6 +247,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--runs", type=int, default=1,
                     help="measure each outer iteration this many times; medians are printed")
+    ap.add_argument("--ablations", type=int, default=0, metavar="ROUNDS",
+                    help="also time the exact reformulations on and off (interleaved rounds)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -246,6 +302,14 @@ def main() -> None:
               f"{rates['peak_gflops']:.0f} GFLOP/s peak + estimator), {r['eager_s']:.0f} s "
               f"(matmuls at {rates['gemm_gflops']:.0f} GFLOP/s + activations at "
               f"{rates['silu_ns_per_element']:.2f} ns + estimator)")
+    if args.ablations:
+        info["ablations"] = {}
+        for name in args.targets.split(","):
+            ab = info["ablations"][name] = ablations(name, args.ablations)
+            print(f"\n## {name}: exact reformulations on and off (median of {args.ablations} "
+                  "interleaved rounds)\n| case | seconds |\n|---|---|")
+            for key, sec in ab.items():
+                print(f"| {key} | {sec:.4f} |")
     info["load_after"] = load()
     print(f"\nload average after: {info['load_after']}")
     if args.json:

@@ -90,7 +90,7 @@ class Config:
     training_points: Literal["buffer", "prior"] = "buffer"
     scale: float = 1.0
     max_elements: int = 1 << 21
-    train_chunk_edges: int = 4096
+    train_chunk_edges: int = 8192
     checkpoint_every: int = 10
     dtype: Literal["float32", "float64"] = "float32"
 
