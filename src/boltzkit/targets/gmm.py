@@ -170,9 +170,13 @@ class GaussianMixture(Target):
         with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
             x_in = x if create_graph else x.detach()
             log_w, means, eigvals, eigvecs = self._params(x)
-            clp, z = component_terms(x_in, log_w, means, eigvals, eigvecs)
-            score, _ = score_and_hessian_terms(clp, z, eigvals, eigvecs, hessian=False)
-            lp = self._finite_or_minus_inf(torch.logsumexp(clp, dim=-1))
+            if eigvecs is None and self.dim <= _PER_AXIS_MAX_DIM:
+                lp, score = _diagonal_log_prob_and_score(x_in, log_w, means, eigvals)
+            else:
+                clp, z = component_terms(x_in, log_w, means, eigvals, eigvecs)
+                score, _ = score_and_hessian_terms(clp, z, eigvals, eigvecs, hessian=False)
+                lp = torch.logsumexp(clp, dim=-1)
+            lp = self._finite_or_minus_inf(lp)
         return lp / self.temperature, score / self.temperature
 
     # ---- mixture-specific ---------------------------------------------------------------
@@ -410,3 +414,31 @@ def _haar_rotation(d: int, seed: int) -> Tensor:
     if torch.linalg.det(q) < 0:
         q[:, 0] = -q[:, 0]
     return q
+
+
+_PER_AXIS_MAX_DIM = 8
+
+
+def _diagonal_log_prob_and_score(x: Tensor, log_w: Tensor, means: Tensor,
+                                 eigvals: Tensor) -> tuple[Tensor, Tensor]:
+    """log p and its score for diagonal covariances in low dimension, axis by axis with
+    `[..., K]` intermediates only (no `[..., K, d]` tensors, whose size-d reductions are slow):
+    g_kj = (x_j - mu_kj) / lam_kj, log N_k = -0.5 sum_j (x_j - mu_kj) g_kj + const, one exp
+    pass shared by the log-sum-exp and the responsibilities r, score_j = -sum_k r_k g_kj. The
+    same values as `component_terms` and `score_and_hessian_terms`, up to rounding."""
+    inv = 1.0 / eigvals  # [K, d]
+    d = x.shape[-1]
+    clp = log_w - 0.5 * (eigvals.log().sum(-1) + d * math.log(2 * math.pi))
+    grads = []
+    for j in range(d):
+        diff = x[..., j, None] - means[:, j]
+        g = diff * inv[:, j]
+        clp = clp - 0.5 * diff * g
+        grads.append(g)
+    peak = clp.amax(dim=-1, keepdim=True)
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    e = torch.exp(clp - peak)
+    total = e.sum(dim=-1, keepdim=True)
+    r = e / total
+    score = torch.stack([-(r * g).sum(-1) for g in grads], dim=-1)
+    return (peak + total.log()).squeeze(-1), score
