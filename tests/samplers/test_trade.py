@@ -170,17 +170,7 @@ def test_trade_from_the_boundary_recovers_other_temperatures(gaussian):
     """NLL at T = 1 only plus the propagation loss, affine flow without latent scaling: at
     T = 0.5 and 2 the flow's covariance is T Sigma within 5 SE, the IS log Z is within 5 SE of
     the closed form, and ESS/N > 0.9. The broken variant (no propagation) fails the same test."""
-    torch.manual_seed(0)
-    config = trade.Config(n_steps=300, **SMALL)
-    family = Family(gaussian)
-    data = trade.Data(gaussian.sample(4000).float(), 1.0)
-    flow = trade.build_flow(config, 2, data.x)
-    trade.train(flow, family, config, data)
-    for temp in (0.5, 2.0):
-        ev = trade.evaluate(flow, family, temp, 8000)
-        assert ev["ess_fraction"] > 0.9
-        assert abs(ev["log_Z"] - ev["log_Z_true"]) < 5 * ev["log_Z_se"] + 1e-3
-        assert _recovers(flow, gaussian, temp)
+    family, data = _train_and_check_recovery(gaussian, trade.Config(n_steps=300, **SMALL))
     baseline = trade.Config(**{**trade.Config(n_steps=150, **SMALL).__dict__,
                                "method": "latent_nll"})
     flow0 = trade.build_flow(baseline, 2, data.x)
@@ -193,8 +183,13 @@ def test_trade_from_the_boundary_recovers_other_temperatures(gaussian):
 def test_trade_with_the_fitted_constant_recovers_other_temperatures(gaussian):
     """The same recovery as above with E_c[A] fitted instead of importance sampled (it
     converges more slowly: 500 steps; about 20 s on the loaded 2-core machine, so slow)."""
+    _train_and_check_recovery(gaussian, trade.Config(n_steps=500, constant="fitted", **SMALL))
+
+
+def _train_and_check_recovery(gaussian, config):
+    """Trains from 4000 samples at T = 1 and asserts, at T = 0.5 and 2: ESS/N > 0.9, IS log Z
+    within 5 SE of the closed form, covariance T Sigma within 5 SE. Returns (family, data)."""
     torch.manual_seed(0)
-    config = trade.Config(n_steps=500, constant="fitted", **SMALL)
     family = Family(gaussian)
     data = trade.Data(gaussian.sample(4000).float(), 1.0)
     flow = trade.build_flow(config, 2, data.x)
@@ -204,6 +199,7 @@ def test_trade_with_the_fitted_constant_recovers_other_temperatures(gaussian):
         assert ev["ess_fraction"] > 0.9
         assert abs(ev["log_Z"] - ev["log_Z_true"]) < 5 * ev["log_Z_se"] + 1e-3
         assert _recovers(flow, gaussian, temp)
+    return family, data
 
 
 # ---- machinery --------------------------------------------------------------------------------
