@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +78,24 @@ class FlowConfig:
     conditional: bool = True
     latent_power: float = 0.0
     context_dim: int = 0
+
+
+@dataclass(frozen=True)
+class FlowArchitecture:
+    """The architecture settings a sampler's config carries (base class of the flow Boltzmann
+    generator's and TRADE's configs); `flow_config` completes them into a `FlowConfig`."""
+
+    kind: FlowKind = "spline"
+    n_layers: int = 4
+    hidden: int = 64
+    depth: int = 2
+    bins: int = 8
+    bound: float = 5.0
+
+    def flow_config(self, dim: int, **extra: Any) -> FlowConfig:
+        """The flow architecture for `dim` coordinates (extra: conditional, latent_power, ...)."""
+        return FlowConfig(dim=dim, kind=self.kind, n_layers=self.n_layers, hidden=self.hidden,
+                          depth=self.depth, bins=self.bins, bound=self.bound, **extra)
 
 
 class _PeriodicCoupling(GeneralCouplingTransform):

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from boltzkit import estimators
-from boltzkit.models.flows import ConditionalFlow, FlowConfig, FlowKind, dtype_of, make_flow
+from boltzkit.models.flows import ConditionalFlow, FlowArchitecture, dtype_of, make_flow
 from boltzkit.samplers import Callback, SampleResult, null_callback
 from boltzkit.targets.base import Target
 
@@ -34,17 +34,11 @@ CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(FlowArchitecture):
     """Flow Boltzmann generator hyperparameters (flow architecture, objective, optimiser)."""
 
     objective: Literal["forward", "reverse", "both"] = "reverse"
     forward_weight: float = 1.0  # weight of the forward term when objective = "both"
-    kind: FlowKind = "spline"
-    n_layers: int = 4
-    hidden: int = 64
-    depth: int = 2
-    bins: int = 8
-    bound: float = 5.0
     n_steps: int = 2000
     batch_size: int = 256
     lr: float = 1e-3
@@ -53,11 +47,6 @@ class Config:
     checkpoint_every: int = 500
     log_every: int = 50
     dtype: Literal["float32", "float64"] = "float32"
-
-    def flow_config(self, dim: int, **extra: Any) -> FlowConfig:
-        """The flow architecture of this config for `dim` coordinates."""
-        return FlowConfig(dim=dim, kind=self.kind, n_layers=self.n_layers, hidden=self.hidden,
-                          depth=self.depth, bins=self.bins, bound=self.bound, **extra)
 
 
 # ---- importance weights --------------------------------------------------------------------

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from boltzkit.models.flows import ConditionalFlow, FlowKind, dtype_of, make_flow
+from boltzkit.models.flows import ConditionalFlow, FlowArchitecture, dtype_of, make_flow
 from boltzkit.samplers import Callback, SampleResult, flow_bg, null_callback
 from boltzkit.samplers.trade_conditions import (
     GridEMA,
@@ -50,7 +50,7 @@ Method = Literal["trade", "latent_nll", "reverse_kl", "nll_reverse_kl", "reweigh
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(FlowArchitecture):
     """TRADE and its baselines; `method` picks the loss, the rest are shared settings."""
 
     method: Method = "trade"
@@ -83,12 +83,6 @@ class Config:
     residual_in_log_c: bool = True  # residual times c, i.e. d/dlog c (scale-free in c)
     warmup_steps: int = 200  # boundary loss only
     latent_scaling: bool = True  # base N(0, c I) for temperature, N(0, I / c) for beta
-    kind: FlowKind = "spline"
-    n_layers: int = 4
-    hidden: int = 64
-    depth: int = 2
-    bins: int = 8
-    bound: float = 5.0
     n_steps: int = 2000
     batch_size: int = 256
     lr: float = 1e-3
@@ -350,10 +344,8 @@ def train(
 def build_flow(config: Config, dim: int, data: Tensor | None = None,
                context_dim: int = 0) -> ConditionalFlow:
     """The conditional flow of `config` (the latent-NLL baseline sees c only through the base)."""
-    flow_config = flow_bg.Config(kind=config.kind, n_layers=config.n_layers, hidden=config.hidden,
-                                 depth=config.depth, bins=config.bins, bound=config.bound)
-    arch = flow_config.flow_config(dim, conditional=config.method != "latent_nll",
-                                   latent_power=config.latent_power(), context_dim=context_dim)
+    arch = config.flow_config(dim, conditional=config.method != "latent_nll",
+                              latent_power=config.latent_power(), context_dim=context_dim)
     return make_flow(arch, data).to(getattr(torch, config.dtype))
 
 
