@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from boltzkit import rundir, targets
+from boltzkit import targets
 from boltzkit.targets.base import Target
 from boltzkit.thermo import configurational_temperature, laplacian
 
@@ -34,14 +34,6 @@ class Quartic(Target):
         y = torch.distributions.Gamma(torch.tensor(0.25, dtype=F64), 1.0).sample((n, self.dim))
         sign = torch.randint(0, 2, (n, self.dim)).to(F64) * 2 - 1
         return sign * (4 * theta * y) ** 0.25
-
-
-def published(name: str, which: int) -> Tensor:
-    path = rundir.published_reference(name, which)
-    if path is None:
-        pytest.skip(f"no published {name} data in ../shared/data")
-    t = targets.get(name)
-    return rundir.load_reference(path, t.dim, t.n_particles, t.spatial_dim)
 
 
 def test_laplacian_of_closed_forms():
@@ -99,7 +91,7 @@ def test_evaluations_are_not_charged_and_overlaps_are_an_error():
         configurational_temperature(target, x)
 
 
-def test_published_dw4_is_at_kT_1():
+def test_published_dw4_is_at_kT_1(published):
     x = published("dw4", 1)  # the 10,000-row validation split
     est = configurational_temperature(targets.get("dw4"), x)
     assert abs(est.mean - 1.0) <= Z * est.se
@@ -118,11 +110,11 @@ def lj13_check(x: Tensor) -> None:
     assert abs(eacf.mean - 0.5) <= Z * eacf.se + 0.01
 
 
-def test_published_lj13_is_at_kT_1_with_the_ordered_pair_convention():
+def test_published_lj13_is_at_kT_1_with_the_ordered_pair_convention(published):
     lj13_check(published("lj13", 1)[:2000])  # SE about 0.014
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", [0, 1])
-def test_published_lj13_full_splits(which):
+def test_published_lj13_full_splits(which, published):
     lj13_check(published("lj13", which))  # 10,000 rows, SE about 0.006

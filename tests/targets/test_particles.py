@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from boltzkit import rundir, targets
+from boltzkit import targets
 from boltzkit.targets.base import Target
 from boltzkit.targets.particles import DoubleWell, LennardJones
 
@@ -55,15 +55,6 @@ def differentiable_energy(target: Target, x: torch.Tensor) -> torch.Tensor:
         return target.energy(x.clone().requires_grad_(True)).detach()
 
 
-def published(name: str, which: int = 1) -> torch.Tensor:
-    """A published reference split (1: validation), COM removed; skips when absent."""
-    path = rundir.published_reference(name, which)
-    if path is None:
-        pytest.skip(f"no published {name} data in ../shared/data")
-    t = targets.get(name)
-    return rundir.load_reference(path, t.dim, t.n_particles, t.spatial_dim)
-
-
 def test_registry_builds_the_canonical_systems():
     dw, lj13, lj55, eacf = (targets.get(name) for name in NAMES)
     assert (dw.n_particles, dw.spatial_dim, dw.dim, dw.harmonic) == (4, 2, 8, 0.0)
@@ -107,7 +98,7 @@ def test_analytic_score_matches_autograd(name):
 
 
 @pytest.mark.parametrize("name", ["dw4", "lj13"])
-def test_analytic_score_matches_autograd_on_published_data(name):
+def test_analytic_score_matches_autograd_on_published_data(name, published):
     target = targets.get(name)
     x = published(name)[:500]
     lp, score = target.log_prob_and_score(x)
