@@ -291,8 +291,15 @@ def test_resume_continues_a_killed_run_exactly(tmp_path):
     straight = idem.sample(PairWell(), _tiny(), n_samples=5)
     torch.manual_seed(7)
     idem.sample(PairWell(), _tiny(n_outer=2), n_samples=5, run_dir=tmp_path)  # "killed" at 2
+    first = torch.load(tmp_path / "idem_checkpoint.pt", weights_only=False)["wall_seconds"]
+    probe = idem._Training(PairWell(), _tiny(), None, tmp_path)
+    rng = torch.get_rng_state()
+    probe.restore()  # the killed run's wall time carries over into the resumed one
+    torch.set_rng_state(rng)
+    assert probe.wall_before == first > 0
     resumed = idem.sample(PairWell(), _tiny(), n_samples=5, run_dir=tmp_path, resume=True)
     assert resumed.diagnostics["resumed_from"] == 2
+    assert resumed.diagnostics["wall_seconds"] > first
     assert resumed.counts == straight.counts
     assert resumed.diagnostics["loss_trace"] == straight.diagnostics["loss_trace"]
     torch.testing.assert_close(resumed.samples, straight.samples)

@@ -215,6 +215,8 @@ class _Training:
         self.iteration = 0
         self.stopped_by_budget = False
         self.resumed_from: int | None = None
+        self.started = time.perf_counter()
+        self.wall_before = 0.0  # wall seconds of the earlier processes of a resumed run
         self.traces: dict[str, list[float]] = {"loss": [], "ess_mean": []}
         self.seconds = {"estimator": 0.0, "network": 0.0, "sde": 0.0}
         edges = (target.n_particles * (target.n_particles - 1)
@@ -327,11 +329,16 @@ class _Training:
         return x
 
     # ---- records ------------------------------------------------------------------------------
+    def wall_seconds(self) -> float:
+        """Wall time of the run so far, over every process of a resumed run."""
+        return self.wall_before + time.perf_counter() - self.started
+
     def diagnostics(self) -> dict[str, Any]:
         return {
             "stopped_by_budget": self.stopped_by_budget,
             "outer_iterations": self.iteration,
             "resumed_from": self.resumed_from,
+            "wall_seconds": self.wall_seconds(),
             "buffer_size": len(self.buffer.data),
             "loss_trace": self.traces["loss"],
             "estimator_ess_trace": self.traces["ess_mean"],
@@ -348,6 +355,7 @@ class _Training:
             "optimizer": self.optimizer.state_dict(), "buffer": self.buffer.data,
             "spent": dict(self.evaluate.spent), "traces": self.traces,
             "seconds": self.seconds, "stopped_by_budget": self.stopped_by_budget,
+            "wall_seconds": self.wall_seconds(),
             "config": dataclasses.asdict(self.config),
         })
 
@@ -365,3 +373,4 @@ class _Training:
         self.evaluate.restore(state["spent"])
         self.iteration = self.resumed_from = state["iteration"]
         self.traces, self.seconds = state["traces"], state["seconds"]
+        self.wall_before = state.get("wall_seconds", sum(self.seconds.values()))
