@@ -32,6 +32,7 @@ import torch
 
 from boltzkit import targets
 from boltzkit.config import override
+from boltzkit.models import fused
 from boltzkit.samplers import idem
 from boltzkit.samplers.idem_core import Particles, buffer_push, mc_score
 
@@ -174,9 +175,10 @@ def floors(r: dict[str, Any], rates: dict[str, float], n_inner: int, n_sde: int,
 
 def ablations(name: str, repeats: int) -> dict[str, float]:
     """Interleaved A/B timings (median seconds over `repeats` rounds) of the exact
-    reformulations, on the preset's network: the pairwise first layer on and off (forward batch
-    1000 and chunked training forward+backward batch 512), inference chunk sizes, and the
-    training batch in edge chunks against all at once."""
+    reformulations, on the preset's network: the fused inference kernel against library calls
+    (forward batch 1000), the pairwise first layer on and off (library-call forward batch 1000
+    and chunked training forward+backward batch 512), inference chunk sizes, and the training
+    batch in edge chunks against all at once."""
     target, cfg = targets.get(name), idem.preset(name)
     run = idem._Training(target, cfg, None, None)
     net = run.net
@@ -203,8 +205,10 @@ def ablations(name: str, repeats: int) -> dict[str, float]:
         return call
 
     cases = {
-        "forward, pairwise first layer": setting(forward, symmetric_first_layer=True),
-        "forward, both directions": setting(forward, symmetric_first_layer=False),
+        "forward, fused kernel": setting(forward, fused=True, symmetric_first_layer=True),
+        "forward, library calls, pairwise first layer": setting(
+            forward, fused=False, symmetric_first_layer=True),
+        "forward, library calls, both directions": setting(forward, symmetric_first_layer=False),
         "train, pairwise first layer": setting(train(chunked), symmetric_first_layer=True),
         "train, both directions": setting(train(chunked), symmetric_first_layer=False),
         "forward, chunks of 8192 edges": setting(forward, chunk_edges=8192,
@@ -256,8 +260,11 @@ def main() -> None:
     info: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                             "cpu": platform.processor() or platform.machine(),
                             "load_before": load()}
+    kernel = fused.egnn_kernel()
+    info["fused_kernel"] = kernel is not None
     print(f"# iDEM speed (torch {info['torch']}, {info['threads']} threads, float32); "
-          f"load average before: {info['load_before']}")
+          f"load average before: {info['load_before']}; fused EGNN kernel: "
+          + ("on" if kernel is not None else f"unavailable ({fused.build_error()})"))
     rates = machine_rates()
     info["rates"] = rates
     print(f"machine: sgemm {rates['gemm_gflops']:.0f} GFLOP/s at [8192x128]x[128x128], "

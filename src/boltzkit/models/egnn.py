@@ -125,6 +125,28 @@ class EquivariantLayer(nn.Module):
             h = self._update_h(h, agg / (n - 1), inplace)
         return x, h
 
+    def forward_fused(self, kernel: object, x: Tensor, h: Tensor, edges: tuple[Tensor, Tensor],
+                      symmetric: bool, tile_edges: int) -> tuple[Tensor, Tensor]:
+        """The same layer through the compiled edge kernel (`boltzkit.models.fused`), without
+        autograd. `edges` = (first, second) lists one sample's edges; `symmetric` means h is
+        shared by all particles and each listed pair stands for both directions."""
+        n = x.shape[1]
+        src, dst = self.edge_src(h), self.edge_dst(h)
+        if symmetric:  # z_ij = (W_src + W_dst) h + b_1 + w r_ij for every pair
+            src, dst = src + dst, torch.zeros_like(dst)
+        att = self.attention
+        xsum, agg = kernel.egnn_edges(  # type: ignore[attr-defined]
+            x, src, dst, edges[0], edges[1], symmetric, self.edge_dist,
+            self.edge_out.weight, self.edge_out.bias,
+            att.weight[0] if att is not None else self.edge_dist,
+            float(att.bias) if att is not None else 0.0, att is not None,
+            self.coord_hidden.weight, self.coord_hidden.bias, self.coord_out.weight[0],
+            float(self.coords_range), self.tanh, self.update_h, tile_edges)
+        x = x + xsum / (n - 1)
+        if self.update_h:
+            h = self._update_h(h, agg / (n - 1), inplace=True)
+        return x, h
+
     def _messages(self, z: Tensor, r2: Tensor, inplace: bool) -> tuple[Tensor, Tensor]:
         # m = SiLU(W_2 SiLU(z) + b_2) (gated), and the coordinate weight phi(m) / (|diff| + 1).
         m = _silu(self.edge_out(_silu(z, inplace)), inplace)
@@ -176,11 +198,16 @@ class EGNN(nn.Module):
         symmetric_first_layer: compute the first layer's messages once per particle pair (they
             are symmetric there, all particles sharing the time embedding); False computes
             both directions (the same function, for tests and timing).
+        fused: without autograd, run each layer's edge part through the compiled kernel of
+            `boltzkit.models.fused` (built on first use; falls back to library calls when no
+            compiler is available). The same function up to rounding.
+        fused_tile_edges: edges per cache tile of the fused kernel.
     """
 
     def __init__(self, n_particles: int, spatial_dim: int, hidden: int = 128, n_layers: int = 3,
                  attention: bool = True, coords_range: float = 15.0, tanh: bool = True,
-                 chunk_edges: int = 8192, symmetric_first_layer: bool = True) -> None:
+                 chunk_edges: int = 8192, symmetric_first_layer: bool = True,
+                 fused: bool = False, fused_tile_edges: int = 1024) -> None:
         super().__init__()
         if n_particles < 2:
             raise ValueError("an EGNN needs at least two particles")
@@ -193,31 +220,50 @@ class EGNN(nn.Module):
         )
         self.chunk_edges = chunk_edges
         self.symmetric_first_layer = symmetric_first_layer
+        self.fused, self.fused_tile_edges = fused, fused_tile_edges
         idx = torch.arange(n_particles)
         col = idx.repeat(n_particles, 1)[~torch.eye(n_particles, dtype=torch.bool)]
         self.register_buffer("col", col, persistent=False)
         first, second = torch.triu_indices(n_particles, n_particles, 1)
         self.register_buffer("pair_first", first, persistent=False)
         self.register_buffer("pair_second", second, persistent=False)
+        self.register_buffer("row", idx.repeat_interleave(n_particles - 1), persistent=False)
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """x `[B, n d]`, t `[B]` or a scalar -> `[B, n d]` (COM-free)."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         n_edges = self.n_particles * (self.n_particles - 1)
         batch = x.shape[0]
+        kernel = self._kernel(x)
+        if kernel is not None:
+            return self._forward(x, t, kernel)
         if torch.is_grad_enabled() or not self.chunk_edges or batch * n_edges <= self.chunk_edges:
             return self._forward(x, t)
         size = max(1, self.chunk_edges // n_edges)
         ts = t.expand(batch).split(size) if t.ndim else [t] * math.ceil(batch / size)
         return torch.cat([self._forward(xc, tc) for xc, tc in zip(x.split(size), ts, strict=True)])
 
-    def _forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def _kernel(self, x: Tensor) -> object | None:
+        if not self.fused or torch.is_grad_enabled() or x.device.type != "cpu" \
+                or x.dtype not in (torch.float32, torch.float64):
+            return None
+        from boltzkit.models.fused import egnn_kernel
+
+        return egnn_kernel()
+
+    def _forward(self, x: Tensor, t: Tensor, kernel: object | None = None) -> Tensor:
         b = x.shape[0]
         x0 = x.reshape(b, self.n_particles, self.spatial_dim)
         h = self.time_embed(t.reshape(-1, 1, 1))  # [b or 1, 1, H]: equal for every particle
         xl = x0
         pairs = (self.pair_first, self.pair_second) if self.symmetric_first_layer else None
         for layer in self.layers:
-            xl, h = layer(xl, h, self.col, pairs)
+            if kernel is None:
+                xl, h = layer(xl, h, self.col, pairs)
+            elif pairs is not None and h.shape[1] == 1:
+                xl, h = layer.forward_fused(kernel, xl, h, pairs, True, self.fused_tile_edges)
+            else:
+                xl, h = layer.forward_fused(kernel, xl, h, (self.row, self.col), False,
+                                            self.fused_tile_edges)
         out = xl - x0
         return (out - out.mean(dim=1, keepdim=True)).reshape(b, self.dim)

@@ -62,7 +62,10 @@ class Config:
     (not in the paper presets). `train_chunk_edges`: an EGNN training batch is run forward and
     backward in chunks of about this many graph edges, gradients accumulated (the same gradient,
     up to summation order, with activations that stay in cache: about 2x faster on LJ-13 at
-    batch 512, BENCHMARKS.md); 0 = the whole batch at once.
+    batch 512, BENCHMARKS.md); 0 = the whole batch at once. `fused_egnn`: generation (no
+    autograd) runs the EGNN's edge work through the compiled kernel of `boltzkit.models.fused`,
+    the same function up to rounding and about 2x faster on LJ-13 (BENCHMARKS.md); it is built
+    once on first use, and library calls are used where no C++ compiler is available.
     """
 
     network: Literal["auto", "mlp", "egnn"] = "auto"
@@ -91,6 +94,7 @@ class Config:
     scale: float = 1.0
     max_elements: int = 1 << 21
     train_chunk_edges: int = 8192
+    fused_egnn: bool = True
     checkpoint_every: int = 10
     dtype: Literal["float32", "float64"] = "float32"
 
@@ -147,7 +151,8 @@ def build_network(config: Config, target: Target) -> nn.Module:
     if kind == "egnn":
         if not target.is_particle_system:
             raise ValueError(f"network='egnn' needs a particle system; {target.name} is not one")
-        return EGNN(target.n_particles, target.spatial_dim, config.hidden, config.n_layers)
+        return EGNN(target.n_particles, target.spatial_dim, config.hidden, config.n_layers,
+                    fused=config.fused_egnn)
     return TimeMLP(target.dim, config.hidden, config.n_layers)
 
 
