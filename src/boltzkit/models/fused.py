@@ -35,6 +35,18 @@ def _flags() -> tuple[str, list[str]]:
     return f"boltzkit_egnn_{capability.lower()}", flags
 
 
+def _ninja_on_path() -> None:
+    """torch's extension builder runs `ninja` from PATH; put the ninja wheel's binary there when
+    the environment's bin folder is not (a venv used without activating it)."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    path = os.environ.get("PATH", "")
+    if ninja.BIN_DIR not in path.split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path]) if path else ninja.BIN_DIR
+
+
 def egnn_kernel() -> ModuleType | None:
     """The compiled EGNN edge kernel, or None when it cannot be built here (see `build_error`)."""
     if "module" in _state:
@@ -46,12 +58,14 @@ def egnn_kernel() -> ModuleType | None:
         try:
             from torch.utils import cpp_extension
 
+            _ninja_on_path()
             name, flags = _flags()
             module = cpp_extension.load(name, [str(_SOURCE)], extra_cflags=flags,
                                         extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # no compiler, no ninja, failed build: fall back, say why
             lines = str(exc).strip().splitlines() or [""]
-            first = next((ln for ln in lines if "error" in ln.lower()), lines[-1])
+            keys = ("error:", "not found", "no such file")  # the compiler's own message
+            first = next((ln for ln in lines if any(k in ln.lower() for k in keys)), lines[-1])
             error = f"{type(exc).__name__}: {first.strip()[:300]}"
             warnings.warn(f"boltzkit: fused EGNN kernel unavailable ({error}); using the "
                           "library-call path", RuntimeWarning, stacklevel=2)
