@@ -15,6 +15,7 @@ True
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -60,6 +61,10 @@ def egnn_kernel() -> ModuleType | None:
 
             _ninja_on_path()
             name, flags = _flags()
+            build = Path(cpp_extension._get_build_directory(name, False))
+            if not (build / f"{name}.so").exists():  # a minute's silence otherwise
+                print(f"boltzkit: building the fused EGNN kernel in {build} (first use only, "
+                      "about a minute)", file=sys.stderr, flush=True)
             module = cpp_extension.load(name, [str(_SOURCE)], extra_cflags=flags,
                                         extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # no compiler, no ninja, failed build: fall back, say why
