@@ -99,3 +99,25 @@ def test_autograd_uses_the_library_path():
     assert x.grad is not None and torch.isfinite(x.grad).all()
     with torch.no_grad():
         assert torch.allclose(net(x, 0.4), out.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_bad_edge_lists_and_widths_are_refused():
+    net = _net(4, 8, 1, torch.float32)
+    layer, x, h = net.layers[0], torch.randn(2, 4, 3), torch.randn(1, 1, 8)
+    first, second = net.pair_first.clone(), net.pair_second.clone()
+
+    def call(src, pair_second):
+        return kernel.egnn_edges(
+            x, src, torch.zeros_like(src), first, pair_second, True, layer.edge_dist,
+            layer.edge_out.weight, layer.edge_out.bias, layer.attention.weight[0], 0.0, True,
+            layer.coord_hidden.weight, layer.coord_hidden.bias, layer.coord_out.weight[0],
+            15.0, True, False, 64)
+
+    with torch.no_grad():
+        call(h, second)  # valid
+        bad = second.clone()
+        bad[0] = 4
+        with pytest.raises(RuntimeError, match=r"edge endpoints must lie in \[0, n\)"):
+            call(h, bad)
+        with pytest.raises(RuntimeError, match="feature widths"):
+            call(h[..., :7], second)

@@ -4,7 +4,8 @@
 // (gather, add, bias, SiLU, gate, ...). Here a tile of whole samples goes through the edge MLP,
 // attention gate, coordinate MLP and the two aggregations while it stays in cache: the two
 // H x H matrix products per edge are library sgemm/dgemm calls on the tile, every other step is
-// one loop. The function is the same as EquivariantLayer's edge part up to floating-point
+// one loop, and SiLU uses a vectorised exp (AVX2, relative error about 1e-7; std::exp without
+// AVX2 and in float64). The function is the same as EquivariantLayer's edge part up to floating-point
 // rounding (tests/models/test_egnn_fused.py compares both in float64 and float32).
 //
 // Per edge e = (i, j) of a sample (edge lists `first`, `second`):
@@ -25,7 +26,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -88,10 +88,8 @@ struct LayerArgs {
   bool symmetric, attention, use_tanh;
   const T* w_r;
   const T* b2;
-  const T* w_a;
   T b_a;
   const T* b3;
-  const T* w_x;
   T coords_range;
   T* xsum;  // [B, n, d]
   T* agg;   // [B, n, H] or nullptr
@@ -143,8 +141,8 @@ void run_tile(const LayerArgs<T>& a, int64_t b0, int64_t b1, const at::Tensor& w
   at::mm_out(ct, mt, w3t);
   T* cp = c.data_ptr<T>();
   for (int64_t q = 0; q < rows * H; q += H) silu_row<T>(cp + q, cp + q, a.b3, nullptr, T(0), H);
-  at::Tensor pt = gate.narrow(0, 0, rows);
-  at::mv_out(pt, ct, w_x);  // phi before the tanh bound
+  at::Tensor pt = gate.narrow(0, 0, rows);  // the gate buffer is free again: phi goes there
+  at::mv_out(pt, ct, w_x);                   // phi before the tanh bound
   const T* pp = gate.data_ptr<T>();
   for (int64_t b = b0; b < b1; ++b) {
     T* xs = a.xsum + b * n * d;
@@ -208,6 +206,10 @@ std::vector<at::Tensor> egnn_edges(at::Tensor x, at::Tensor src, at::Tensor dst,
   src = src.detach();
   dst = dst.detach();
   const int64_t batch = x.size(0), n = x.size(1), d = x.size(2), hidden = w2.size(0);
+  check(w2.size(1) == hidden && w3.size(0) == hidden && w3.size(1) == hidden &&
+            src.size(2) == hidden && dst.size(2) == hidden && w_r.numel() == hidden &&
+            w_x.numel() == hidden && (!attention || w_a.numel() == hidden),
+        "feature widths differ from W_2's (H x H)");
   src = src.expand({batch, n, hidden});
   dst = dst.expand({batch, n, hidden});
   if (src.stride(2) != 1) src = src.contiguous();
@@ -215,6 +217,9 @@ std::vector<at::Tensor> egnn_edges(at::Tensor x, at::Tensor src, at::Tensor dst,
   first = first.to(at::kLong).contiguous();
   second = second.to(at::kLong).contiguous();
   check(first.numel() == second.numel(), "edge lists differ in length");
+  check(first.numel() == 0 || (at::min(at::minimum(first, second)).item<int64_t>() >= 0 &&
+                               at::max(at::maximum(first, second)).item<int64_t>() < n),
+        "edge endpoints must lie in [0, n)");
   auto vec = [&](const at::Tensor& t) { return t.detach().to(x.scalar_type()).contiguous(); };
   w_r = vec(w_r), b2 = vec(b2), w_a = vec(w_a), b3 = vec(b3), w_x = vec(w_x);
   const at::Tensor w2t = w2.detach().to(x.scalar_type()).t();
@@ -229,8 +234,7 @@ std::vector<at::Tensor> egnn_edges(at::Tensor x, at::Tensor src, at::Tensor dst,
                           dst.stride(0), dst.stride(1), first.data_ptr<int64_t>(),
                           second.data_ptr<int64_t>(), n_edges, n, d, hidden, symmetric,
                           attention, use_tanh, w_r.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(),
-                          w_a.data_ptr<scalar_t>(), static_cast<scalar_t>(b_a),
-                          b3.data_ptr<scalar_t>(), w_x.data_ptr<scalar_t>(),
+                          static_cast<scalar_t>(b_a), b3.data_ptr<scalar_t>(),
                           static_cast<scalar_t>(coords_range), xsum.data_ptr<scalar_t>(),
                           need_agg ? agg.data_ptr<scalar_t>() : nullptr};
     run_layer(a, batch, tile_samples, w2t, w3t, w_a, w_x);
