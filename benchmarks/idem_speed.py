@@ -13,7 +13,9 @@ and multiply by 100 / inner-steps and 1000 / sde-steps: every inner step and eve
 the same work, so this extrapolates the per-iteration cost (first steps are warm-up and are
 excluded). The output says when numbers are extrapolated. It also prints this machine's sgemm
 rate (at the network's shape and at 2048^3) and SiLU cost, and two lower bounds per outer
-iteration derived from them and the EGNN's FLOP and activation counts. Reference
+iteration derived from them and the EGNN's FLOP and activation counts. Generation uses the
+fused EGNN kernel (boltzkit.models.fused) when it builds here; the first line says whether it
+did, and `--ablations` times it against library calls. Reference
 implementation (issue 4, same machine class): DW-4 103 s, LJ-13 4,630 s per outer iteration;
 targets 20 s and 900 s.
 """
