@@ -22,7 +22,7 @@ temperature scaling (arXiv 2012.00429); Rozet et al., zuko.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any, Literal, Protocol
 
@@ -57,33 +57,10 @@ class ConditionalDensity(Protocol):
 
 
 @dataclass(frozen=True)
-class FlowConfig:
-    """Architecture of a `ConditionalFlow`.
-
-    kind: "affine" (RealNVP), "additive" (NICE, volume-preserving), "spline" (rational-quadratic
-    on [-bound, bound], identity outside) or "circular" (circular splines on [-pi, pi)).
-    conditional: whether the coupling networks see log c (False: c acts only through the base).
-    latent_power: base variance c^latent_power (0: no latent scaling).
-    context_dim: extra conditioning features (e.g. an observation y), appended after log c.
-    """
-
-    dim: int
-    kind: FlowKind = "spline"
-    n_layers: int = 4
-    hidden: int = 64
-    depth: int = 2
-    bins: int = 8
-    bound: float = 5.0
-    activation: Literal["relu", "silu", "elu", "tanh"] = "silu"
-    conditional: bool = True
-    latent_power: float = 0.0
-    context_dim: int = 0
-
-
-@dataclass(frozen=True)
 class FlowArchitecture:
-    """The architecture settings a sampler's config carries (base class of the flow Boltzmann
-    generator's and TRADE's configs); `flow_config` completes them into a `FlowConfig`."""
+    """The architecture settings a sampler's config carries (base class of `FlowConfig` and of
+    the flow Boltzmann generator's and TRADE's configs); `flow_config` completes them into a
+    `FlowConfig`."""
 
     kind: FlowKind = "spline"
     n_layers: int = 4
@@ -94,8 +71,27 @@ class FlowArchitecture:
 
     def flow_config(self, dim: int, **extra: Any) -> FlowConfig:
         """The flow architecture for `dim` coordinates (extra: conditional, latent_power, ...)."""
-        return FlowConfig(dim=dim, kind=self.kind, n_layers=self.n_layers, hidden=self.hidden,
-                          depth=self.depth, bins=self.bins, bound=self.bound, **extra)
+        shared = {f.name: getattr(self, f.name) for f in fields(FlowArchitecture)}
+        return FlowConfig(dim=dim, **shared, **extra)
+
+
+@dataclass(frozen=True)
+class FlowConfig(FlowArchitecture):
+    """Architecture of a `ConditionalFlow`: the `FlowArchitecture` settings and
+
+    dim: number of coordinates (keyword-only).
+    kind: "affine" (RealNVP), "additive" (NICE, volume-preserving), "spline" (rational-quadratic
+    on [-bound, bound], identity outside) or "circular" (circular splines on [-pi, pi)).
+    conditional: whether the coupling networks see log c (False: c acts only through the base).
+    latent_power: base variance c^latent_power (0: no latent scaling).
+    context_dim: extra conditioning features (e.g. an observation y), appended after log c.
+    """
+
+    dim: int = field(kw_only=True)
+    activation: Literal["relu", "silu", "elu", "tanh"] = "silu"
+    conditional: bool = True
+    latent_power: float = 0.0
+    context_dim: int = 0
 
 
 class _PeriodicCoupling(GeneralCouplingTransform):
