@@ -21,9 +21,9 @@ import time
 
 import torch
 
-from boltzkit.diffusion import PerfectModel, VPSchedule
+from boltzkit.diffusion.kernels import KERNELS
+from boltzkit.diffusion.schedules import PerfectModel, VPSchedule
 from boltzkit.experiments.amc_gmm import Config, run_one
-from boltzkit.kernels import KERNELS
 from boltzkit.targets.gmm import two_modes
 
 

@@ -33,10 +33,11 @@ from typing import Any
 import torch
 
 from boltzkit import targets
-from boltzkit.config import override
+from boltzkit.core.config import override
+from boltzkit.mc.noise import Particles
 from boltzkit.models import fused
 from boltzkit.samplers import idem
-from boltzkit.samplers.idem_core import Particles, buffer_push, mc_score
+from boltzkit.samplers.idem.core import buffer_push, mc_score
 
 REFERENCE_S = {"dw4": 103.0, "lj13": 4630.0}
 GOAL_S = {"dw4": 20.0, "lj13": 900.0}

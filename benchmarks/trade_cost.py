@@ -24,8 +24,8 @@ import torch
 from boltzkit.experiments.trade_exps import Settings, trade_config
 from boltzkit.models.flows import dtype_of, n_parameters
 from boltzkit.samplers import trade
-from boltzkit.samplers.trade_family import Family
 from boltzkit.targets import get
+from boltzkit.targets.family import Family
 
 METHODS = {"single-T": "latent_nll", "trade-free": "trade-free", "trade-grid": "trade-grid",
            "trade-free-fit": "trade-free-fit", "trade-grid-fit": "trade-grid-fit"}

@@ -11,7 +11,8 @@ torch.set_num_threads(1)
 def published():
     """published(name, which=1): a published reference split from ../shared/data (0 train,
     1 validation, 2 test), COM removed, float64; the test skips when the data are absent."""
-    from boltzkit import rundir, targets
+    from boltzkit import targets
+    from boltzkit.app import rundir
 
     def load(name: str, which: int = 1) -> torch.Tensor:
         path = rundir.published_reference(name, which)

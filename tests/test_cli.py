@@ -18,7 +18,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from boltzkit import rundir, samplers, targets
+from boltzkit import samplers, targets
+from boltzkit.app import rundir
 from boltzkit.cli import app
 from boltzkit.samplers import SampleResult
 
@@ -69,7 +70,7 @@ def fake(monkeypatch):
     mod = types.ModuleType("boltzkit_test_fake_sampler")
     mod.Config, mod.preset, mod.sample = FakeConfig, fake_preset, fake_sample
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
-    monkeypatch.setitem(samplers._REGISTRY, "fake", mod.__name__)
+    monkeypatch.setitem(samplers.REGISTRY._entries, "fake", mod.__name__)
     return mod
 
 
@@ -257,7 +258,7 @@ def test_missing_required_options(tmp_path):
 
 def test_demo_compares_pt_and_mala_at_equal_budget(tmp_path, monkeypatch):
     pytest.importorskip("boltzkit.targets.particles")
-    from boltzkit import demo
+    from boltzkit.app import demo
 
     # Plumbing only: any DW-4-shaped set stands in for the reference.
     ref = tmp_path / "ref.npy"
@@ -285,7 +286,7 @@ class FakeExperimentConfig:
 
 
 def fake_experiment(out_dir, overrides, callback):
-    from boltzkit.config import override
+    from boltzkit.core.config import override
 
     config = override(FakeExperimentConfig(), overrides)
     callback("log", message=f"n={config.n}")
@@ -300,7 +301,7 @@ def fake_experiment_registered(monkeypatch):
     mod = types.ModuleType("boltzkit_test_fake_experiment")
     mod.run = fake_experiment
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
-    monkeypatch.setitem(experiments._REGISTRY, "fake-exp", f"{mod.__name__}:run")
+    monkeypatch.setitem(experiments.REGISTRY._entries, "fake-exp", f"{mod.__name__}:run")
 
 
 def test_experiment_dispatch_records_and_summarises(fake_experiment_registered, tmp_path):
@@ -348,7 +349,7 @@ def test_demo_generates_a_reference_when_none_is_cached_or_published(tmp_path, m
     pytest.importorskip("boltzkit.targets.particles")
     from rich.console import Console
 
-    from boltzkit import demo, reference
+    from boltzkit.app import demo, reference
 
     monkeypatch.setenv("BOLTZKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(rundir, "published_reference", lambda *a: None)

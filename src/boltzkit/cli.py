@@ -25,9 +25,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from boltzkit import config as configs
-from boltzkit import runner, targets
-from boltzkit.progress import LogFile, RichProgress
+from boltzkit import targets
+from boltzkit.app import runner
+from boltzkit.app.progress import LogFile, RichProgress
+from boltzkit.core import config as configs
 
 app = typer.Typer(
     name="boltzkit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -218,7 +219,7 @@ def reference_command(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Generate (or find in the cache) a reference sample set by parallel tempering."""
-    from boltzkit import reference as project_reference
+    from boltzkit.app import reference as project_reference
 
     try:
         built = runner.build_target(target, target_param or [])
@@ -290,7 +291,7 @@ def demo_command(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """DW-4: parallel tempering vs MALA at the same energy budget (what `make run` shows)."""
-    from boltzkit import demo
+    from boltzkit.app import demo
 
     try:
         demo.main(console=console, err_console=err_console, budget=budget, out=out, seed=seed,

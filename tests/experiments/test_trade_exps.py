@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from boltzkit.experiments import trade_exps as tx
+from boltzkit.experiments import trade_extra as tx_extra
 from boltzkit.experiments.trade_extra import calibration
 
 # Second moment of N(0, diag(1, 4)): E|x|^2 = 5.
@@ -95,7 +96,8 @@ def test_multi_well_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run", [tx.run_gmm, tx.run_phi4, tx.run_two_moons])
+@pytest.mark.parametrize(
+    "run", [tx.run_gmm, tx_extra.phi4_experiment, tx_extra.two_moons_experiment])
 def test_experiments_end_to_end_quick(tmp_path, run):
     out = run(tmp_path, ["preset=quick", "figures=true"], lambda *a, **k: None)
     assert out and (tmp_path / "results.md").exists() and (tmp_path / "results.csv").exists()

@@ -6,8 +6,8 @@ import math
 import torch
 from torch import nn
 
+from boltzkit.mc.noise import Particles
 from boltzkit.models.cnf import CNF, CNFConfig, fit, likelihood_report
-from boltzkit.samplers.idem_core import Particles
 
 
 class Linear(nn.Module):

@@ -6,20 +6,18 @@ import math
 import pytest
 import torch
 
+from boltzkit.mc.noise import Particles, gaussian_noise, standard_normal
 from boltzkit.samplers import idem
-from boltzkit.samplers.idem_core import (
+from boltzkit.samplers.idem.core import (
     GeometricSchedule,
-    Particles,
     _combine,
     buffer_init,
     buffer_push,
     buffer_sample,
     clip_norm,
     dem_loss,
-    gaussian_noise,
     mc_score,
     reverse_sde,
-    standard_normal,
 )
 from boltzkit.targets.base import Target
 
@@ -315,7 +313,8 @@ def test_variants_run(variant):
 
 
 def test_quick_gmm_run_improves_on_its_initial_buffer():
-    from boltzkit import metrics, targets
+    from boltzkit import targets
+    from boltzkit.evaluate import metrics
 
     torch.manual_seed(0)
     target = targets.get("gmm40")

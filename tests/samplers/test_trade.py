@@ -9,7 +9,7 @@ import torch
 
 from boltzkit import targets
 from boltzkit.samplers import trade
-from boltzkit.samplers.trade_family import Family, action_derivative, surrogate_family
+from boltzkit.targets.family import Family, action_derivative, surrogate_family
 from boltzkit.targets.two_moons import TwoMoonsPosterior, log_likelihood, simulate
 
 SMALL = dict(kind="affine", n_layers=2, hidden=16, depth=1, lr=5e-3, warmup_steps=50,

@@ -3,11 +3,12 @@
 arXiv 2601.21026).
 
 Each run: SMC along the diffusion path of a VP (or VE) schedule, N particles, `n_steps` noised
-levels uniform in log-SNR then the exact target, a denoising kernel from `boltzkit.kernels`
-with the noising kernel as backward kernel, systematic resampling at ESS/N < `ess_threshold`,
-optionally MALA refresh at each level. The diffusion model is the perfect one (exact noised
-marginals) or learned by denoising score matching ("learned-energy": SMC with the learned
-log-densities; "learned-score": AIS only, whose intermediate densities telescope out).
+levels uniform in log-SNR then the exact target, a denoising kernel from
+`boltzkit.diffusion.kernels` with the noising kernel as backward kernel, systematic resampling
+at ESS/N < `ess_threshold`, optionally MALA refresh at each level. The diffusion model is the
+perfect one (exact noised marginals) or learned by denoising score matching ("learned-energy":
+SMC with the learned log-densities; "learned-score": AIS only, whose intermediate densities
+telescope out).
 
 Mixtures: "two-modes" (weights 2/3, 1/3 at -a 1 and +a 1, covariance 0.05 I), and "modes-K":
 K components at a * s_k with s_k seeded random sign vectors in {-1, 1}^d, weights proportional
@@ -17,7 +18,7 @@ to 1..K, covariance 0.05 I. Metrics per run: mode-weight error max_k 100 |w_hat_
 resampling; for score-only models, whose per-level ESS is that of partial weights, only the
 last one means anything), resampling count, evaluations (target,
 model, Jacobian-vector products) and wall time; learned models add per-level Fisher divergence
-and ESS of the learned log-density (`boltzkit.learned_dm.level_diagnostics`).
+and ESS of the learned log-density (`boltzkit.diffusion.learned.level_diagnostics`).
 
 Outputs in `out_dir`: results.csv (one row per run), results.md (mean +- SE over seeds),
 learned_levels.csv, configs.json, and figures error_vs_dim.png, ess_traces.png. Presets
@@ -39,14 +40,14 @@ from typing import Any
 
 import torch
 
-from boltzkit import config as configs
-from boltzkit import metrics
-from boltzkit.diffusion import SCHEDULES, PerfectModel, time_grid
-from boltzkit.kernels import KERNELS, NoisingKernel, make_kernel
-from boltzkit.learned_dm import DSMConfig, level_diagnostics, train_dsm
-from boltzkit.mcmc import MALA
-from boltzkit.paths import DiffusionPath
-from boltzkit.smc import MCMCMove, Resampling, smc
+from boltzkit.core import config as configs
+from boltzkit.diffusion.kernels import KERNELS, NoisingKernel, make_kernel
+from boltzkit.diffusion.learned import DSMConfig, level_diagnostics, train_dsm
+from boltzkit.diffusion.schedules import SCHEDULES, PerfectModel, time_grid
+from boltzkit.evaluate import metrics
+from boltzkit.mc.mcmc import MALA
+from boltzkit.mc.paths import DiffusionPath
+from boltzkit.mc.smc import MCMCMove, Resampling, smc
 from boltzkit.targets.gmm import GaussianMixture, two_modes
 
 ALL_KERNELS = tuple(KERNELS)
@@ -344,7 +345,7 @@ def _figures(out_dir: Path, summary: list[dict[str, Any]], traces: dict[tuple, l
              ) -> None:
     """error_vs_dim.png (perfect model, no MCMC, one panel per mixture and separation) and
     ess_traces.png (ESS/N per level, first seed of the first group). Local to this experiment
-    until boltzkit.plots takes it over; matplotlib is imported lazily with the Agg backend."""
+    until boltzkit.app.plots takes it over; matplotlib is imported lazily with the Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -4,7 +4,7 @@ A neural sampler is only worth its cost if it beats equal-budget MCMC (REFERENCE
 independent re-run of the official iDEM code found energy W2 0.44 on DW-4 and 5.2 on LJ-13 where
 MCMC with the same budget reached 0.15 and 0.52). This experiment trains iDEM, counts its energy
 evaluations N, runs each baseline (parallel tempering, MALA) with budget N, evaluates every
-sample set against the same reference with `boltzkit.evaluation.evaluate` (noise floors
+sample set against the same reference with `boltzkit.evaluate.evaluation.evaluate` (noise floors
 included) and writes one table. Lower is better for every headline metric; the method with
 the most headline wins is named (ties: the first headline metric decides).
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from boltzkit.config import override, parse_assignments, to_dict
+from boltzkit.core.config import override, parse_assignments, to_dict
 from boltzkit.samplers import Callback, SampleResult, null_callback
 
 HEADLINE_PARTICLES = ("energy_w2", "distance_tv", "symmetry_w2", "x_w2")
@@ -51,8 +51,8 @@ class VerdictConfig:
 def run(out_dir: Path, overrides: list[str], callback: Callback = null_callback) -> dict:
     """Runs the comparison, writes `verdict.md` and `verdict.json` into out_dir, returns the
     headline numbers (per method and metric, plus `winner`)."""
-    from boltzkit import runner
-    from boltzkit.evaluation import evaluate
+    from boltzkit.app import runner
+    from boltzkit.evaluate.evaluation import evaluate
     from boltzkit.samplers import idem
 
     out_dir = Path(out_dir)
@@ -117,7 +117,7 @@ def _split_overrides(overrides: list[str]) -> tuple[VerdictConfig, dict[str, str
 
 def _check_mcmc_keys(baselines: tuple[str, ...], sets: dict[str, str]) -> None:
     # A key must belong to at least one baseline's config (n_temps is PT's only).
-    from boltzkit.samplers import mcmc_samplers as mc
+    from boltzkit.samplers import mcmc as mc
 
     valid = {f.name for name in baselines for f in dataclasses.fields(mc.Config(name))}
     unknown = sorted(set(sets) - valid)
@@ -128,7 +128,7 @@ def _check_mcmc_keys(baselines: tuple[str, ...], sets: dict[str, str]) -> None:
 
 def _baseline(name: str, target: Any, cfg: VerdictConfig, sets: dict[str, str], budget: int,
               callback: Callback) -> SampleResult:
-    from boltzkit.samplers import mcmc_samplers as mc
+    from boltzkit.samplers import mcmc as mc
 
     try:
         config = mc.preset(cfg.target, sampler=name)
@@ -140,7 +140,7 @@ def _baseline(name: str, target: Any, cfg: VerdictConfig, sets: dict[str, str], 
 
 
 def _is_mixture(target: Any) -> bool:
-    from boltzkit import metrics
+    from boltzkit.evaluate import metrics
 
     return metrics.is_mixture(target)
 

@@ -5,7 +5,8 @@ flow per method trained from boundary data only.
   normaliser by grid quadrature at the paper's nine temperatures, IS ESS/N, density figure.
 - trade-multi-well: multi-well-5d, data at T = 1, T in [0.5, 1]; KL(p_T || q_T) (NLL on exact
   samples minus the exact entropy) and ESS/N at T = 0.5 and 1.
-- trade-phi4, trade-two-moons: `run_phi4`, `run_two_moons` (experiments.trade_extra).
+- trade-phi4, trade-two-moons: `phi4_experiment`, `two_moons_experiment` in
+  `boltzkit.experiments.trade_extra`, built on the helpers here.
 
 Methods (`methods=...`): trade-grid (log grid, causality weights, flow samples at c), trade-free
 (widening curriculum, residual points and SNIS proposal = the flow at c0 reweighted to c),
@@ -33,12 +34,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from boltzkit import config as configs
-from boltzkit import estimators
+from boltzkit.core import config as configs
+from boltzkit.mc import estimators
 from boltzkit.models.flows import ConditionalFlow, dtype_of
 from boltzkit.samplers import trade
-from boltzkit.samplers.trade_family import Family
 from boltzkit.targets import get as get_target
+from boltzkit.targets.family import Family
 
 GMM_TEMPERATURES = (0.207, 0.336, 0.546, 0.886, 1.0, 1.129, 1.833, 2.976, 4.833)
 METHODS: dict[str, dict[str, Any]] = {
@@ -252,7 +253,7 @@ def _density_figure(path: Path, target: Any, flows: dict[str, Any],
                     temperatures: tuple[float, ...]) -> None:
     """exp(log p - max) on a 200 x 200 grid: the exact tempered density and each flow's, one
     column per temperature (`plots.image_grid`)."""
-    from boltzkit import plots
+    from boltzkit.app import plots
 
     g = torch.linspace(-8, 11, 200, dtype=torch.float64)
     xy = torch.cartesian_prod(g, g)
@@ -302,22 +303,6 @@ def run_multi_well(out_dir: Path, overrides: list[str], callback: Callable[..., 
     return finish_run(out_dir, record, t0, headline)
 
 
-def run_phi4(out_dir: Path, overrides: list[str], callback: Callable[..., None]
-             ) -> dict[str, Any]:
-    """phi4 8 x 8 over kappa in [0.22, 0.32] (see experiments.trade_extra)."""
-    from boltzkit.experiments.trade_extra import phi4_experiment
-
-    return phi4_experiment(out_dir, overrides, callback)
-
-
-def run_two_moons(out_dir: Path, overrides: list[str], callback: Callable[..., None]
-                  ) -> dict[str, Any]:
-    """Tempered two-moons posteriors over beta in [0.4, 2.1] (experiments.trade_extra)."""
-    from boltzkit.experiments.trade_extra import two_moons_experiment
-
-    return two_moons_experiment(out_dir, overrides, callback)
-
-
 __all__ = ["METHODS", "Settings", "begin_run", "finish_run", "gmm_kl", "gmm_reference",
            "grid_reference", "is_row", "means_by_method", "run_gmm", "run_multi_well",
-           "run_phi4", "run_two_moons", "train_methods", "trade_config", "write_tables"]
+           "train_methods", "trade_config", "write_tables"]

@@ -28,12 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from boltzkit import estimators
 from boltzkit.experiments import trade_exps as tx
-from boltzkit.mcmc import HMC
+from boltzkit.mc import estimators
+from boltzkit.mc.mcmc import HMC
+from boltzkit.models import flow_objectives
 from boltzkit.models.flows import ConditionalFlow, dtype_of
-from boltzkit.samplers import flow_bg, trade
-from boltzkit.samplers.trade_family import Family
+from boltzkit.samplers import trade
+from boltzkit.targets.family import Family
 from boltzkit.targets.lattice import Phi4
 from boltzkit.targets.two_moons import TwoMoonsPosterior
 
@@ -132,7 +133,7 @@ PHI4_LABELS = {"abs_m": "<|m|>", "action": "action per site", "chi": "susceptibi
 def phi4_figure(path: Path, rows: list[dict[str, Any]]) -> Path:
     """ESS/N and each observable against kappa, one curve per method (HMC the reference; its
     and the flows' bootstrap errors are the *_se columns of results.csv)."""
-    from boltzkit import plots
+    from boltzkit.app import plots
 
     grid: dict[str, dict[str, dict[str, Any]]] = {}
     for key, label in PHI4_LABELS.items():
@@ -148,7 +149,7 @@ def phi4_figure(path: Path, rows: list[dict[str, Any]]) -> Path:
 def _phi4_flow_row(flow: ConditionalFlow, target: Phi4, kappa: float, n: int) -> dict[str, Any]:
     at = target.uncounted().with_kappa(kappa)
     x, log_q = flow.sample_and_log_prob(n, kappa)
-    log_w, _ = flow_bg.guarded_log_w(at.log_prob(x.double()), log_q)
+    log_w, _ = flow_objectives.guarded_log_w(at.log_prob(x.double()), log_q)
     x = x.double()
     obs = bootstrap(x[:, None], log_w[:, None], target.with_kappa(kappa), n_boot=50)
     return {"ess_fraction": estimators.ess_fraction(log_w),
@@ -219,7 +220,7 @@ def calibration_figure(path: Path, levels: Tensor,
                        curves: dict[tuple[str, float], list[float]]) -> Path:
     """Posterior calibration curves (coverage of the flow's HPD regions against their level,
     mean over observations), one panel per beta; the diagonal is perfect calibration."""
-    from boltzkit import plots
+    from boltzkit.app import plots
 
     panels: dict[str, dict[str, Any]] = {}
     for (method, beta), coverage in curves.items():

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from boltzkit.samplers.idem_core import Particles, gaussian_noise
+from boltzkit.mc.noise import Particles, gaussian_noise
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ points (the CLI, experiments) seed.
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any, NamedTuple, Protocol
 
 from torch import Tensor
+
+from boltzkit.core.registry import Registry
 
 
 class SampleResult(NamedTuple):
@@ -53,25 +54,23 @@ def null_callback(event: str, **info: Any) -> None:
 
 
 # name -> module; each module follows the convention in this docstring.
-_REGISTRY: dict[str, str] = {
-    "mala": "boltzkit.samplers.mcmc_samplers",
-    "rwmh": "boltzkit.samplers.mcmc_samplers",
-    "hmc": "boltzkit.samplers.mcmc_samplers",
-    "pt": "boltzkit.samplers.mcmc_samplers",
+REGISTRY = Registry("sampler", {
+    "mala": "boltzkit.samplers.mcmc",
+    "rwmh": "boltzkit.samplers.mcmc",
+    "hmc": "boltzkit.samplers.mcmc",
+    "pt": "boltzkit.samplers.mcmc",
     "idem": "boltzkit.samplers.idem",
-    "smc": "boltzkit.samplers.smc_sampler",
-    "flow": "boltzkit.samplers.flow_bg",
+    "smc": "boltzkit.samplers.smc",
+    "flow": "boltzkit.samplers.flow",
     "trade": "boltzkit.samplers.trade",
-}
+})
 
 
 def names() -> list[str]:
     """Registered sampler names."""
-    return sorted(_REGISTRY)
+    return REGISTRY.names()
 
 
 def module(name: str) -> ModuleType:
-    """The module implementing sampler `name`; unknown names list the valid ones."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown sampler {name!r}; valid samplers: {', '.join(names())}")
-    return importlib.import_module(_REGISTRY[name])
+    """The module implementing sampler `name`; an unknown name raises `UnknownName`."""
+    return REGISTRY.get(name)

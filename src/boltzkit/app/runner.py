@@ -1,0 +1,396 @@
+"""One sampler run, from names to a finished run directory: resolve the target, sampler and
+config, seed the global RNGs, sample under a budget, evaluate against a reference, write
+everything (layout in `boltzkit.app.rundir`). The CLI and the demo call these; nothing here prints.
+
+Names are checked before anything runs, and every bad name or key raises `UsageError` with the
+valid choices, which the CLI turns into a clean message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import random
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from boltzkit import samplers, targets
+from boltzkit.app import rundir
+from boltzkit.core import config as configs
+from boltzkit.core.errors import UsageError
+from boltzkit.samplers import SampleResult, null_callback
+from boltzkit.targets import Target
+
+Callback = Callable[..., None]
+
+
+
+
+class Reference(NamedTuple):
+    """Reference samples `[n, dim]` (float64, COM-free for particle systems) and where they came
+    from ("exact sampler", "published ../shared/data", "project reference", "file")."""
+
+    samples: Tensor | None
+    source: str
+    path: str | None
+
+
+class RunOutcome(NamedTuple):
+    run_dir: Path
+    result: SampleResult
+    metrics: dict[str, Any]
+    reference: Reference
+    wall_s: float
+
+
+# ---- resolution ---------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seeds torch, numpy and random: entry points only (library code never reseeds)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def build_target(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> Target:
+    """`boltzkit.targets.build`: a target from its name and `key=value` parameters."""
+    return targets.build(name, params)
+
+
+def target_params(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> dict[str, Any]:
+    """The explicitly given target parameters, typed (as recorded in run.json)."""
+    return targets.typed_params(name, params)
+
+
+def sampler_module(name: str) -> ModuleType:
+    try:
+        return samplers.module(name)
+    except KeyError as err:
+        raise UsageError(err.args[0]) from None
+    except ImportError as err:
+        raise UsageError(f"sampler {name!r} is not available in this build ({err})") from None
+
+
+def sampler_config(module: ModuleType, sets: Sequence[str] = (), preset: str | None = None,
+                   sampler: str | None = None) -> Any:
+    """module.Config() (or module.preset(preset)) with `--set key=value` overrides applied.
+
+    Modules serving several sampler names (mcmc_samplers: mala, rwmh, hmc, pt) may take the name
+    as `Config(sampler=...)` or `preset(name, sampler=...)`; whichever their signatures accept.
+    """
+    if preset is not None:
+        make = getattr(module, "preset", None)
+        if make is None:
+            raise UsageError(f"sampler {sampler!r} has no presets")
+        try:
+            base = _call_with_sampler(make, sampler, preset)
+        except (KeyError, ValueError) as err:
+            raise UsageError(str(err.args[0] if err.args else err)) from None
+    else:
+        base = _call_with_sampler(module.Config, sampler)
+    return apply_overrides(base, sets)
+
+
+def apply_overrides(config: Any, sets: Sequence[str]) -> Any:
+    """`config` with overrides applied; bad keys or values raise UsageError."""
+    try:
+        return configs.override(config, sets)
+    except KeyError as err:
+        raise UsageError(err.args[0]) from None
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def config_from_dict(module: ModuleType, values: Mapping[str, Any], sampler: str | None) -> Any:
+    """Rebuilds a recorded config (config.json) onto module.Config()."""
+    base = _call_with_sampler(module.Config, sampler)
+    return _replace_nested(base, values)
+
+
+def resolve_reference(target: Target, target_name: str, *, path: str | Path | None = None,
+                      n: int = 1000, custom_params: bool = False, seed: int = 0) -> Reference:
+    """Reference samples for evaluation, in order of preference: an explicit file; the target's
+    exact sampler (n draws, generator seeded with `seed`); the project's own cached reference
+    (boltzkit.app.reference); the published set in ../shared/data (default parameters only).
+    For exact samplers `n` is the sample size to compare, and 2n reference samples are drawn."""
+    dims = (target.dim, target.n_particles, target.spatial_dim)
+    if path is not None:
+        try:
+            return Reference(rundir.load_reference(path, *dims), "file",
+                             str(Path(path).resolve()))
+        except rundir.RunDirError as err:
+            raise UsageError(str(err)) from None
+    if target.has_exact_samples:
+        # Twice the sample size: evaluate compares against one half and takes the
+        # reference-vs-reference noise floor from disjoint halves.
+        n_ref = 2 * n
+        x = target.sample(n_ref, generator=torch.Generator().manual_seed(seed))
+        x = target.remove_com(x.to(torch.float64))
+        return Reference(x, f"exact sampler (n={n_ref}, seed={seed})", None)
+    own = _project_reference(target_name, target)
+    if own is not None:
+        return own
+    published = None if custom_params else rundir.published_reference(target_name)
+    if published is not None:
+        return Reference(rundir.load_reference(published, *dims), "published ../shared/data",
+                         str(published))
+    return Reference(None, "none", None)
+
+
+# ---- running ------------------------------------------------------------------------------
+def run_sampler(
+    *,
+    target_name: str,
+    sampler: str,
+    budget: int,
+    seed: int,
+    out: str | Path,
+    sets: Sequence[str] = (),
+    preset: str | None = None,
+    n_samples: int = 1000,
+    params: Sequence[str] = (),
+    reference_path: str | Path | None = None,
+    callback: Callback = null_callback,
+    log: Callable[[str], None] | None = None,
+    command: Sequence[str] | None = None,
+    figures: bool = True,
+) -> RunOutcome:
+    """Checks every name, then samples, writes the run directory, evaluates and draws figures."""
+    _check_sizes(budget, n_samples)
+    target = build_target(target_name, params)
+    module = sampler_module(sampler)
+    config = sampler_config(module, sets, preset, sampler)
+    reference = resolve_reference(target.uncounted(), target_name, path=reference_path,
+                                  n=n_samples, custom_params=bool(params), seed=seed + 1)
+    try:
+        run_dir = rundir.prepare(out)
+    except rundir.RunDirError as err:
+        raise UsageError(str(err)) from None
+    record = {
+        "target": target_name, "target_params": target_params(target_name, params),
+        "target_facts": target.describe(), "sampler": sampler, "preset": preset,
+        "seed": seed, "budget": budget, "n_samples": n_samples,
+        "command": list(command) if command is not None else rundir.command_line(),
+        "reference": {"source": reference.source, "path": reference.path},
+    }
+    rundir.write_record(run_dir, record, configs.to_dict(config))
+    return _execute(run_dir, target, module, config, record, reference, callback=callback,
+                    log=log, resume=False, figures=figures)
+
+
+def resume_run(run_dir: str | Path, *, budget: int | None = None,
+               callback: Callback = null_callback, log: Callable[[str], None] | None = None,
+               command: Sequence[str] | None = None, figures: bool = True) -> RunOutcome:
+    """Continues the run in `run_dir` from its sampler's last checkpoint, with the recorded
+    target, sampler, config and seed; `budget` (if given) replaces the recorded total budget."""
+    try:
+        run_dir = rundir.prepare(run_dir, resume=True)
+        record = rundir.read_record(run_dir)
+    except rundir.RunDirError as err:
+        raise UsageError(str(err)) from None
+    if budget is not None:
+        _check_sizes(budget, int(record["n_samples"]))
+        record["budget"] = budget
+    target = build_target(record["target"], record.get("target_params") or {})
+    module = sampler_module(record["sampler"])
+    config = config_from_dict(module, rundir.read_config(run_dir), record["sampler"])
+    reference = _recorded_reference(target.uncounted(), record)
+    rundir.update_record(run_dir, budget=record["budget"],
+                         resumed=(record.get("resumed") or [])
+                         + [list(command) if command is not None else rundir.command_line()])
+    return _execute(run_dir, target, module, config, record, reference, callback=callback,
+                    log=log, resume=True, figures=figures)
+
+
+def _execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
+             record: Mapping[str, Any], reference: Reference, *, callback: Callback,
+             log: Callable[[str], None] | None, resume: bool, figures: bool) -> RunOutcome:
+    seed_everything(int(record["seed"]))
+    start = time.perf_counter()
+    try:
+        result = module.sample(target, config, n_samples=int(record["n_samples"]),
+                               budget=int(record["budget"]), callback=callback, run_dir=run_dir,
+                               resume=resume)
+    except ValueError as err:
+        # Samplers validate their inputs with ValueError (e.g. a budget too small for one
+        # step): a usage error, with the traceback kept in the log for the rare real bug.
+        if log:
+            log(traceback.format_exc())
+        raise UsageError(f"sampler {record['sampler']!r}: {err}") from None
+    wall_s = time.perf_counter() - start
+    rundir.write_samples(run_dir, result.samples, result.log_w, result.log_Z)
+    rundir.write_json(run_dir / rundir.DIAGNOSTICS_FILE,
+                      {"diagnostics": result.diagnostics, "counts": result.counts})
+    rundir.update_record(run_dir, wall_s=wall_s, counts=result.counts)
+    if log:
+        log(f"sampled {tuple(result.samples.shape)} in {wall_s:.1f} s; counts {result.counts}")
+    metrics = evaluate_run(run_dir, reference=reference, figures=figures)
+    return RunOutcome(run_dir, result, metrics, reference, wall_s)
+
+
+def _check_sizes(budget: int, n_samples: int) -> None:
+    if budget < 1:
+        raise UsageError(f"--budget must be a positive number of energy evaluations, got {budget}")
+    if n_samples < 1:
+        raise UsageError(f"--n-samples must be positive, got {n_samples}")
+
+
+def _recorded_reference(target: Target, record: Mapping[str, Any],
+                        path: str | Path | None = None) -> Reference:
+    recorded = (record.get("reference") or {})
+    if path is None and recorded.get("source") == "file":
+        path = recorded.get("path")
+    return resolve_reference(target, record["target"], path=path, n=int(record["n_samples"]),
+                             custom_params=bool(record.get("target_params")),
+                             seed=int(record["seed"]) + 1)
+
+
+def evaluate_run(run_dir: str | Path, *, reference: Reference | None = None,
+                 reference_path: str | Path | None = None, figures: bool = True
+                 ) -> dict[str, Any]:
+    """(Re)computes metrics.json (and the figures) of a finished run directory.
+
+    The global RNGs are seeded with the run's seed first, so evaluating a run twice gives the
+    same numbers. Samples with non-finite coordinates are dropped and counted
+    (`n_nonfinite_samples`).
+    """
+    run_dir = Path(run_dir)
+    try:
+        record = rundir.read_record(run_dir)
+        x_np, log_w_np, log_Z = rundir.read_samples(run_dir)
+    except rundir.RunDirError as err:
+        raise UsageError(str(err)) from None
+    target = build_target(record["target"], record.get("target_params", {})).uncounted()
+    if reference is None:
+        reference = _recorded_reference(target, record, reference_path)
+    x = torch.as_tensor(x_np)
+    if x.ndim != 2 or x.shape[1] != target.dim:
+        raise UsageError(f"{run_dir}: samples have shape {tuple(x.shape)}, target "
+                         f"{record['target']!r} needs [n, {target.dim}]")
+    log_w = None if log_w_np is None else torch.as_tensor(log_w_np)
+    seed_everything(int(record["seed"]))
+    metrics = _evaluate(x, log_w, target, reference.samples, seed=int(record["seed"]))
+    if log_Z is not None:
+        metrics["sampler_log_Z"] = log_Z
+        if target.log_Z is not None:
+            metrics["sampler_log_Z_error"] = log_Z - float(target.log_Z)
+    counts = record.get("counts") or {}
+    metrics.update({f"count_{k}": v for k, v in counts.items()})
+    metrics["reference_source"] = reference.source
+    written = rundir.write_metrics(run_dir, metrics)
+    if figures:
+        draw_figures(run_dir, x[torch.isfinite(x).all(dim=1)], target, reference.samples)
+    return written
+
+
+def draw_figures(run_dir: Path, x: Tensor, target: Target, reference: Tensor | None) -> None:
+    from boltzkit.app import plots  # matplotlib only when figures are asked for
+
+    diagnostics = {}
+    diag_path = run_dir / rundir.DIAGNOSTICS_FILE
+    if diag_path.exists():
+        diagnostics = json.loads(diag_path.read_text()).get("diagnostics", {})
+    with torch.no_grad():
+        energies = target.energy(x.to(torch.float64))
+        ref_energies = None if reference is None else target.energy(reference)
+    plots.run_figures(run_dir, x, energies, reference=reference, reference_energies=ref_energies,
+                      n_particles=target.n_particles, spatial_dim=target.spatial_dim,
+                      diagnostics=diagnostics)
+
+
+# ---- internals ----------------------------------------------------------------------------
+def _evaluate(x: Tensor, log_w: Tensor | None, target: Target, reference: Tensor | None,
+              seed: int) -> dict[str, Any]:
+    """`boltzkit.evaluate.evaluation.evaluate` with a generator seeded from the run (reproducible
+    subsets)."""
+    from boltzkit.evaluate import evaluation
+
+    return dict(evaluation.evaluate(x, target, reference=reference, log_w=log_w,
+                                 generator=torch.Generator().manual_seed(seed)))
+
+
+def project_reference_path(target_name: str, target: Target | None = None) -> Path | None:
+    """The largest cached reference made by `boltzkit reference` for this target (matching
+    `target`'s parameters when given), or None."""
+    from boltzkit.app import reference as project_reference
+
+    path = project_reference.cached_path(target_name, target)
+    return Path(path) if path is not None and Path(path).exists() else None
+
+
+def _project_reference(target_name: str, target: Target) -> Reference | None:
+    path = project_reference_path(target_name, target)
+    if path is None:
+        return None
+    samples = rundir.load_reference(path, target.dim, target.n_particles, target.spatial_dim)
+    return Reference(samples, "project reference (boltzkit reference)", str(path))
+
+
+def _as_dict(items: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    return dict(items) if isinstance(items, Mapping) else configs.parse_assignments(items)
+
+
+def _call_with_sampler(make: Callable[..., Any], sampler: str | None, *args: Any) -> Any:
+    try:
+        accepts = "sampler" in inspect.signature(make).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    return make(*args, sampler=sampler) if accepts and sampler is not None else make(*args)
+
+
+def _replace_nested(base: Any, values: Mapping[str, Any]) -> Any:
+    changes = {}
+    for f in dataclasses.fields(base):
+        if f.name not in values:
+            continue
+        current, value = getattr(base, f.name), values[f.name]
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            value = _replace_nested(current, value)
+        elif isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        changes[f.name] = value
+    return dataclasses.replace(base, **changes)
+
+
+# ---- for the CLI's tables -----------------------------------------------------------------
+def resolve_reference_source(target: Target, target_name: str) -> str:
+    """Where `boltzkit sample` would take this target's reference from (nothing is loaded)."""
+    if target.has_exact_samples:
+        return "exact"
+    if project_reference_path(target_name, target) is not None:
+        return "cached"
+    if rundir.published_reference(target_name) is not None:
+        return "published"
+    return "none yet"
+
+
+def summary_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """A flat {name: scalar or short text} view of a dict, NamedTuple or dataclass, for tables;
+    long lists are summarised by their length."""
+    if hasattr(obj, "_asdict"):
+        obj = obj._asdict()
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if not isinstance(obj, Mapping):
+        return {prefix or "value": obj}
+    flat: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Tensor | np.ndarray):
+            value = value.tolist() if value.size == 1 or getattr(value, "ndim", 1) == 0 else (
+                f"array {tuple(value.shape)}")
+        if isinstance(value, Mapping) or hasattr(value, "_asdict"):
+            flat.update(summary_dict(value, name))
+        elif isinstance(value, list | tuple) and len(value) > 6:
+            flat[name] = f"[{len(value)} values]"
+        else:
+            flat[name] = value
+    return flat

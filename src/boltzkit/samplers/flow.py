@@ -1,0 +1,141 @@
+"""Flow Boltzmann generator: a normalising flow trained by forward KL on samples, reverse KL on
+the energy, or both, then importance-reweighted to the target.
+
+Forward KL (maximum likelihood): L = -E_data[log q_theta(x)].
+Reverse KL: L = E_{x~q_theta}[log q_theta(x) - log gamma(x)] = KL(q || p) - log Z.
+Reweighting: log w = log gamma(x) - log q_theta(x), x ~ q_theta; ESS (Kish) and
+log Z = LSE(log w) - log N with its delta-method SE, by `boltzkit.mc.estimators` (plain importance
+sampling is the one-step configuration of `boltzkit.mc.smc`; with a single proposal step the
+estimators are the whole computation).
+
+Energies that overflow (NaN, +inf) for bad flow samples come back from the target as
+log gamma = -inf (counted by the target); here they get zero weight, are left out of the reverse-KL
+mean and are counted in `n_nonfinite` -- never a NaN weight.
+
+Reference: Noe et al., Boltzmann generators, Science 365 (2019), arXiv 1812.01729.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from boltzkit.models.flow_objectives import (
+    forward_kl_loss,
+    reverse_kl_loss,
+    reweight,
+    summarise_weights,
+)
+from boltzkit.models.flows import ConditionalFlow, FlowArchitecture, dtype_of, make_flow
+from boltzkit.samplers import Callback, SampleResult, null_callback
+from boltzkit.samplers.run import load_checkpoint, restore_counts, save_checkpoint, spent_since
+from boltzkit.targets.base import Target
+
+
+@dataclass(frozen=True)
+class Config(FlowArchitecture):
+    """Flow Boltzmann generator hyperparameters (flow architecture, objective, optimiser)."""
+
+    objective: Literal["forward", "reverse", "both"] = "reverse"
+    forward_weight: float = 1.0  # weight of the forward term when objective = "both"
+    n_steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    grad_clip: float = 10.0
+    n_data: int = 10_000  # forward KL: exact samples drawn from the target when it has them
+    checkpoint_every: int = 500
+    log_every: int = 50
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+# ---- training ----------------------------------------------------------------------------
+def train(
+    flow: ConditionalFlow, target: Target, config: Config, data: Tensor | None = None, *,
+    budget: int | None = None, reserve: int = 0, callback: Callback = null_callback,
+    run_dir: Path | None = None, resume: bool = False,
+) -> dict[str, Any]:
+    """Trains `flow` (at c = 1) by forward KL on `data`, reverse KL on `target`, or both.
+
+    Stops after `config.n_steps` steps or before the evaluations spent in this call (plus those
+    of a resumed checkpoint) would exceed `budget - reserve`.
+    Returns the training record: history (step, loss, n_energy), n_nonfinite, stopped_by_budget.
+    """
+    if config.objective != "reverse" and data is None:
+        raise ValueError(f"objective {config.objective!r} needs samples (data)")
+    opt = torch.optim.Adam(flow.parameters(), lr=config.lr)
+    record: dict[str, Any] = {"history": [], "n_nonfinite": 0, "stopped_by_budget": False}
+    step = 0
+    start = target.counter.as_dict()
+    ckpt = load_checkpoint(run_dir, resume)
+    if ckpt is not None:
+        flow.load_state_dict(ckpt["flow"])
+        opt.load_state_dict(ckpt["opt"])
+        step, record = ckpt["step"], ckpt["record"]
+        restore_counts(target, ckpt["spent"])
+    callback("start", total=config.n_steps, unit="step", description="flow BG")
+    while step < config.n_steps:
+        spent = target.counter.n_energy - start["n_energy"]
+        cost = config.batch_size if config.objective != "forward" else 0
+        if budget is not None and spent + cost + reserve > budget:
+            record["stopped_by_budget"] = True
+            break
+        loss = torch.zeros((), dtype=dtype_of(flow))
+        if config.objective in ("reverse", "both"):
+            rkl, n_bad = reverse_kl_loss(flow, target, config.batch_size)
+            record["n_nonfinite"] += n_bad
+            loss = loss + rkl
+        if config.objective in ("forward", "both"):
+            idx = torch.randint(len(data), (config.batch_size,))
+            weight = config.forward_weight if config.objective == "both" else 1.0
+            loss = loss + weight * forward_kl_loss(flow, data[idx].to(dtype_of(flow)))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
+        opt.step()
+        step += 1
+        if step % config.log_every == 0 or step == config.n_steps:
+            record["history"].append(
+                {"step": step, "loss": loss.item(),
+                 "n_energy": target.counter.n_energy - start["n_energy"]})
+        callback("advance", n=1, loss=loss.item())
+        if step % config.checkpoint_every == 0:
+            save_checkpoint(run_dir, {"flow": flow.state_dict(), "opt": opt.state_dict(),
+                                      "step": step, "record": record,
+                                      "spent": spent_since(target, start)})
+    record["n_steps"] = step
+    callback("end")
+    return record
+
+
+def sample(
+    target: Target, config: Config, *, n_samples: int, budget: int | None,
+    callback: Callback = null_callback, run_dir: Path | None = None, resume: bool = False,
+) -> SampleResult:
+    """Trains a flow BG on `target` and returns n_samples flow samples with IS log weights.
+
+    Forward KL draws `config.n_data` exact samples from the target (an error if it has none).
+    """
+    if budget is not None and budget < n_samples:
+        raise ValueError(f"budget {budget} is smaller than n_samples {n_samples}: weighting the "
+                         "returned samples alone costs n_samples energy evaluations")
+    dtype = getattr(torch, config.dtype)
+    data = None
+    if config.objective != "reverse":
+        if not target.has_exact_samples:
+            raise ValueError(f"objective {config.objective!r} needs exact samples, which "
+                             f"{target.name!r} lacks; call `train` with data instead")
+        data = target.sample(config.n_data).to(dtype)
+    flow = make_flow(config.flow_config(target.dim, conditional=False), data).to(dtype)
+    start = dict(target.counter.as_dict())
+    record = train(flow, target, config, data, budget=budget, reserve=n_samples,
+                   callback=callback, run_dir=run_dir, resume=resume)
+    x, log_w, n_bad = reweight(flow, target, n_samples)
+    summary = summarise_weights(log_w)
+    diagnostics = {**record, **summary, "n_nonfinite_weights": n_bad,
+                   "ess_convention": "Kish, exp(2 LSE(log w) - LSE(2 log w))"}
+    counts = {k: v - start[k] for k, v in target.counter.as_dict().items()}
+    return SampleResult(x, log_w, summary["log_Z"], diagnostics, counts)

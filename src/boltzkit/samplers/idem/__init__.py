@@ -1,0 +1,381 @@
+"""iDEM: Iterated Denoising Energy Matching (Akhound-Sadegh et al., ICML 2024, arXiv 2402.06121).
+
+A diffusion sampler trained from the energy and its gradient alone. Outer loop: draw new samples
+from the reverse SDE driven by the network and push them into a FIFO buffer. Inner loop: Adam
+steps on lambda(t) |s_theta(x_t, t) - clip(S_K(x_t, t))|^2 with x_t = x_0 + sigma(t) eps, x_0
+from the buffer (pDEM: from the prior) and S_K the Monte Carlo estimate of the noised target's
+score (`idem_core.mc_score`).
+
+Conventions that differ from the paper's text (they follow its code): the LJ energy counts
+ordered pairs (see REFERENCE.md); the GMM run works in coordinates divided by 50 (`scale`).
+
+>>> cfg = preset("dw4")
+>>> cfg.sigma_max, cfg.n_mc, cfg.clip_score, cfg.clip_per_particle
+(3.0, 1000, 20.0, True)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from boltzkit.core.config import override, to_dict
+from boltzkit.models.egnn import EGNN
+from boltzkit.samplers import Callback, SampleResult, null_callback
+from boltzkit.samplers.idem.core import (
+    FifoBuffer,
+    GeometricSchedule,
+    Particles,
+    buffer_init,
+    buffer_push,
+    buffer_sample,
+    clip_norm,
+    dem_loss,
+    gaussian_noise,
+    loss_weight,
+    mc_score,
+    reverse_sde,
+)
+from boltzkit.samplers.idem.run import Checkpointer, CountingEvaluator, OutOfBudget
+from boltzkit.targets.base import Target
+
+
+@dataclass(frozen=True)
+class Config:
+    """iDEM hyperparameters; defaults are the paper's DW-4 settings (see `preset`).
+
+    Schedule: sigma(t) = sigma_min sqrt((sigma_max/sigma_min)^(2t) - 1). Estimator: `n_mc`
+    samples K, clipped to `clip_score` (whole vector, or per particle on particle systems), the
+    perturbed batch bounded by `max_elements` numbers. Loop: `n_outer` x (`n_inner` Adam steps
+    on batches of `batch_size`, then `n_generate` samples from an `n_sde_steps`-step reverse SDE
+    with noise factor `noise_scale`). `init_buffer`: "prior" (N(0, sigma(1)^2)), "model" (the
+    untrained network's reverse SDE) or "estimator" (reverse SDE driven by clip(S_K) itself:
+    the paper's GMM run; oracle-like, costs n_init * n_sde_steps * n_mc evaluations).
+    `training_points`: "buffer" (iDEM) or "prior" (pDEM). `scale`: the sampler works in
+    x / scale (GMM: 50). `ema_decay`: generate with an exponential moving average of the weights
+    (not in the paper presets). `train_chunk_edges`: an EGNN training batch is run forward and
+    backward in chunks of about this many graph edges, gradients accumulated (the same gradient,
+    up to summation order, with activations that stay in cache: about 2x faster on LJ-13 at
+    batch 512, BENCHMARKS.md); 0 = the whole batch at once. `fused_egnn`: generation (no
+    autograd) runs the EGNN's edge work through the compiled kernel of `boltzkit.models.fused`,
+    the same function up to rounding and about 2x faster on LJ-13 (BENCHMARKS.md); it is built
+    once on first use, and library calls are used where no C++ compiler is available.
+    """
+
+    network: Literal["auto", "mlp", "egnn"] = "auto"
+    hidden: int = 128
+    n_layers: int = 3
+    sigma_min: float = 1e-5
+    sigma_max: float = 3.0
+    n_mc: int = 1000
+    clip_score: float | None = 20.0
+    clip_per_particle: bool = True
+    loss_weight: Literal["sigma2", "one"] = "one"
+    loss_weight_eps: float = 1e-3
+    buffer_size: int = 10_000
+    n_outer: int = 1000
+    n_inner: int = 100
+    batch_size: int = 512
+    n_generate: int = 1000
+    n_sde_steps: int = 1000
+    noise_scale: float = 1.0
+    lr: float = 1e-3
+    ema_decay: float | None = None
+    grad_clip: float | None = 0.5
+    init_buffer: Literal["prior", "model", "estimator"] = "model"
+    n_init: int = 1000
+    training_points: Literal["buffer", "prior"] = "buffer"
+    scale: float = 1.0
+    max_elements: int = 1 << 21
+    train_chunk_edges: int = 8192
+    fused_egnn: bool = True
+    checkpoint_every: int = 10
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+_PAPER: dict[str, dict[str, Any]] = {
+    "gmm40": dict(network="mlp", n_layers=3, sigma_min=1e-5, sigma_max=1.0, scale=50.0, n_mc=500,
+                  clip_score=70.0, clip_per_particle=False, loss_weight="sigma2", lr=5e-4,
+                  init_buffer="estimator"),
+    "dw4": dict(network="egnn", n_layers=3),
+    "lj13": dict(network="egnn", n_layers=5, sigma_min=0.01, sigma_max=2.0, noise_scale=0.9),
+    "lj55": dict(network="egnn", n_layers=5, sigma_min=0.5, sigma_max=4.0, n_mc=100,
+                 batch_size=128, n_generate=128, noise_scale=0.5, n_outer=2000),
+}
+# Minutes on 2 CPU cores: fewer/lighter iterations, smaller K and networks, shorter SDEs.
+_QUICK: dict[str, dict[str, Any]] = {
+    "gmm40": dict(init_buffer="prior", n_outer=30, n_inner=25, batch_size=64, n_mc=300,
+                  n_generate=250, n_sde_steps=100, buffer_size=1000, n_init=250, ema_decay=0.99,
+                  lr=1e-3),
+    "dw4": dict(hidden=32, n_layers=2, n_outer=30, n_inner=20, batch_size=128, n_mc=200,
+                n_generate=250, n_sde_steps=100, buffer_size=2500, n_init=250),
+    "lj13": dict(hidden=32, n_layers=2, n_outer=15, n_inner=10, batch_size=64, n_mc=100,
+                 n_generate=100, n_sde_steps=100, buffer_size=1000, n_init=100),
+    "lj55": dict(hidden=16, n_layers=2, n_outer=5, n_inner=5, batch_size=16, n_mc=50,
+                 n_generate=32, n_sde_steps=50, buffer_size=256, n_init=32),
+}
+
+
+def preset_names() -> list[str]:
+    """The named settings: each paper configuration and its "-quick" version."""
+    return sorted([*_PAPER, *(f"{k}-quick" for k in _QUICK)])
+
+
+def preset(name: str) -> Config:
+    """Named settings: "gmm40", "dw4", "lj13", "lj55" (the iDEM code's values, REFERENCE.md) and
+    "<name>-quick" (runs in minutes on 2 CPU cores; a smoke test, not a result)."""
+    base, quick = (name[: -len("-quick")], True) if name.endswith("-quick") else (name, False)
+    if base not in _PAPER:
+        raise KeyError(f"unknown iDEM preset {name!r}; valid: {', '.join(preset_names())}")
+    return override(Config(), {**_PAPER[base], **(_QUICK[base] if quick else {})})
+
+
+def default_preset(target: Target) -> Config:
+    """The paper preset whose target matches `target.name` (else the DW-4 settings)."""
+    return preset(target.name) if target.name in _PAPER else Config()
+
+
+def build_network(config: Config, target: Target) -> nn.Module:
+    """The score network: EGNN for particle systems, time-conditioned MLP otherwise."""
+    from boltzkit.models.mlp import TimeMLP
+
+    kind = config.network
+    if kind == "auto":
+        kind = "egnn" if target.is_particle_system else "mlp"
+    if kind == "egnn":
+        if not target.is_particle_system:
+            raise ValueError(f"network='egnn' needs a particle system; {target.name} is not one")
+        return EGNN(target.n_particles, target.spatial_dim, config.hidden, config.n_layers,
+                    fused=config.fused_egnn)
+    return TimeMLP(target.dim, config.hidden, config.n_layers)
+
+
+def sample(target: Target, config: Config, *, n_samples: int, budget: int | None = None,
+           callback: Callback = null_callback, run_dir: Any = None,
+           resume: bool = False) -> SampleResult:
+    """Trains iDEM on `target` and returns `n_samples` from its reverse SDE.
+
+    Args:
+        target: the unnormalised density (particle systems get COM-free noise and an EGNN).
+        config: hyperparameters (`preset(name)` for the paper's).
+        n_samples: number of samples returned (generated after training).
+        budget: maximum number of target energy evaluations (configurations); training stops
+            before a step would exceed it. None: no limit.
+        callback: progress hook ("start", "advance", "log", "end").
+        run_dir: directory for checkpoints (every `checkpoint_every` outer iterations).
+        resume: continue from the checkpoint in `run_dir` (network, optimizer, buffer, RNG state,
+            evaluation counts, traces).
+
+    Returns:
+        SampleResult with equally weighted samples (log_w None, log_Z None) in the target's
+        coordinates, diagnostics (losses, time split, stopped_by_budget) and counts.
+    """
+    run = _Training(target, config, budget, run_dir)
+    if resume:
+        run.restore()
+    callback("start", total=config.n_outer, unit="iteration", description="iDEM")
+    try:
+        if run.iteration == 0 and len(run.buffer.data) == 0:
+            run.fill_initial_buffer()
+        while run.iteration < config.n_outer:
+            loss = run.outer_iteration()
+            callback("advance", n=1, loss=loss, n_energy=run.evaluate.spent["n_energy"])
+            if run.iteration % config.checkpoint_every == 0:
+                run.save()
+    except OutOfBudget:
+        run.stopped_by_budget = True
+        step = config.batch_size * config.n_mc
+        callback("log", message=f"iDEM: budget of {budget:,} evaluations reached at outer "
+                                f"iteration {run.iteration} (one inner step costs {step:,}, an "
+                                f"outer iteration {step * config.n_inner:,})")
+        run.save()
+    samples = run.generate(n_samples) * config.scale
+    callback("end")
+    return SampleResult(samples.detach(), None, None, run.diagnostics(),
+                        dict(run.evaluate.spent))
+
+
+class _Training:
+    """The mutable state of one iDEM run (network, optimizer, buffer, counters, traces)."""
+
+    def __init__(self, target: Target, config: Config, budget: int | None, run_dir: Any) -> None:
+        self.config, self.target = config, target
+        self.dtype = getattr(torch, config.dtype)
+        self.particles = (Particles(target.n_particles, target.spatial_dim)
+                          if target.is_particle_system else None)
+        self.schedule = GeometricSchedule(config.sigma_min, config.sigma_max)
+        self.net = build_network(config, target).to(self.dtype)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.ema = copy.deepcopy(self.net) if config.ema_decay is not None else None
+        self.buffer: FifoBuffer = buffer_init(target.dim, config.buffer_size,
+                                              torch.empty(0, dtype=self.dtype))
+        self.evaluate = CountingEvaluator(target, config.scale, budget)
+        self.checkpointer = Checkpointer(run_dir) if run_dir is not None else None
+        self.iteration = 0
+        self.stopped_by_budget = False
+        self.resumed_from: int | None = None
+        self.started = time.perf_counter()
+        self.wall_before = 0.0  # wall seconds of the earlier processes of a resumed run
+        self.traces: dict[str, list[float]] = {"loss": [], "ess_mean": []}
+        self.seconds = {"estimator": 0.0, "network": 0.0, "sde": 0.0}
+        edges = (target.n_particles * (target.n_particles - 1)
+                 if isinstance(self.net, EGNN) else 0)
+        self.train_chunk = (max(1, config.train_chunk_edges // edges)
+                            if edges and config.train_chunk_edges > 0 else config.batch_size)
+
+    # ---- loop ---------------------------------------------------------------------------------
+    def outer_iteration(self) -> float:
+        c = self.config
+        losses, ess = [], []
+        for _ in range(c.n_inner):
+            loss, ess_mean = self.inner_step()
+            losses.append(loss)
+            ess.append(ess_mean)
+        self.buffer = buffer_push(self.buffer, self.generate(c.n_generate))
+        self.iteration += 1
+        self.traces["loss"].append(sum(losses) / len(losses))
+        self.traces["ess_mean"].append(sum(ess) / len(ess))
+        return self.traces["loss"][-1]
+
+    def inner_step(self) -> tuple[float, float]:
+        c = self.config
+        self.evaluate.check(c.batch_size * c.n_mc)
+        x0 = (self.prior(c.batch_size) if c.training_points == "prior"
+              else buffer_sample(self.buffer, c.batch_size))
+        t = torch.rand(c.batch_size, dtype=self.dtype)
+        sigma = self.schedule.sigma(t)
+        xt = x0 + sigma.unsqueeze(1) * gaussian_noise(tuple(x0.shape), x0, self.particles)
+        start = time.perf_counter()
+        est = mc_score(self.evaluate, xt, sigma, c.n_mc, particles=self.particles,
+                       max_elements=c.max_elements)
+        goal = self.clip(est.score)
+        mid = time.perf_counter()
+        weight = loss_weight(self.schedule, t, c.loss_weight, c.loss_weight_eps)
+        loss = self.backward(xt, t, goal, weight)
+        if c.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for avg, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
+                    avg.lerp_(p, 1.0 - c.ema_decay)
+        self.seconds["estimator"] += mid - start
+        self.seconds["network"] += time.perf_counter() - mid
+        return loss, est.ess.mean().item()
+
+    def backward(self, xt: Tensor, t: Tensor, goal: Tensor, weight: Tensor) -> float:
+        """Sets the parameters' .grad to the gradient of the DEM loss over the batch, in chunks
+        of `train_chunk` samples: sum over chunks of (|chunk| / B) dem_loss(chunk) is the batch
+        loss, so the accumulated gradient is the batch gradient. Returns the loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        size, total = self.train_chunk, 0.0
+        for i in range(0, len(xt), size):
+            part = slice(i, i + size)
+            loss = dem_loss(self.net(xt[part], t[part]), goal[part], weight[part])
+            frac = len(xt[part]) / len(xt)
+            (loss * frac).backward()
+            total += loss.item() * frac
+        return total
+
+    def clip(self, score: Tensor) -> Tensor:
+        """clip(S_K): per particle when configured and the target is a particle system."""
+        per_particle = self.config.clip_per_particle and self.particles is not None
+        return clip_norm(score, self.config.clip_score, self.particles, per_particle)
+
+    def prior(self, n: int) -> Tensor:
+        eps = gaussian_noise((n, self.target.dim), torch.empty(0, dtype=self.dtype),
+                             self.particles)
+        return self.schedule.prior_std * eps
+
+    @torch.no_grad()
+    def generate(self, n: int) -> Tensor:
+        """n samples from the network's reverse SDE in batches of `n_generate`, in the sampler's
+        coordinates x / scale (as stored in the buffer)."""
+        c = self.config
+        net = self.ema if self.ema is not None else self.net
+        start = time.perf_counter()
+        out = [reverse_sde(net, self.prior(min(c.n_generate, n - i)), self.schedule,
+                           c.n_sde_steps, c.noise_scale, self.particles)
+               for i in range(0, n, c.n_generate)]
+        self.seconds["sde"] += time.perf_counter() - start
+        return torch.cat(out) if out else torch.empty(0, self.target.dim, dtype=self.dtype)
+
+    def fill_initial_buffer(self) -> None:
+        c = self.config
+        if c.training_points == "prior":
+            return
+        if c.init_buffer == "prior":
+            x = self.prior(c.n_init)
+        elif c.init_buffer == "model":
+            x = self.generate(c.n_init)
+        else:
+            x = self._estimator_sde(c.n_init)
+        self.buffer = buffer_push(self.buffer, x)
+
+    def _estimator_sde(self, n: int) -> Tensor:
+        c = self.config
+
+        def score(x: Tensor, t: float) -> Tensor:
+            self.evaluate.check(len(x) * c.n_mc)
+            est = mc_score(self.evaluate, x, self.schedule.sigma(t).to(x), c.n_mc,
+                           particles=self.particles, max_elements=c.max_elements)
+            return self.clip(est.score)
+
+        start = time.perf_counter()
+        x = reverse_sde(score, self.prior(n), self.schedule, c.n_sde_steps, c.noise_scale,
+                        self.particles)
+        self.seconds["estimator"] += time.perf_counter() - start
+        return x
+
+    # ---- records ------------------------------------------------------------------------------
+    def wall_seconds(self) -> float:
+        """Wall time of the run so far, over every process of a resumed run."""
+        return self.wall_before + time.perf_counter() - self.started
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {
+            "stopped_by_budget": self.stopped_by_budget,
+            "outer_iterations": self.iteration,
+            "resumed_from": self.resumed_from,
+            "wall_seconds": self.wall_seconds(),
+            "buffer_size": len(self.buffer.data),
+            "loss_trace": self.traces["loss"],
+            "estimator_ess_trace": self.traces["ess_mean"],
+            "seconds": dict(self.seconds),
+            "config": to_dict(self.config),
+        }
+
+    def save(self) -> None:
+        if self.checkpointer is None:
+            return
+        self.checkpointer.save({
+            "iteration": self.iteration, "net": self.net.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(), "buffer": self.buffer.data,
+            "spent": dict(self.evaluate.spent), "traces": self.traces,
+            "seconds": self.seconds, "stopped_by_budget": self.stopped_by_budget,
+            "wall_seconds": self.wall_seconds(),
+            "config": dataclasses.asdict(self.config),
+        })
+
+    def restore(self) -> None:
+        if self.checkpointer is None:
+            raise ValueError("resume=True needs a run_dir")
+        state = self.checkpointer.load()
+        if state is None:
+            return
+        self.net.load_state_dict(state["net"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.buffer = FifoBuffer(state["buffer"].to(self.dtype), self.config.buffer_size)
+        self.evaluate.restore(state["spent"])
+        self.iteration = self.resumed_from = state["iteration"]
+        self.traces, self.seconds = state["traces"], state["seconds"]
+        self.wall_before = state.get("wall_seconds", sum(self.seconds.values()))

@@ -1,0 +1,396 @@
+"""MCMC baselines behind the sampler convention: "rwmh", "mala", "hmc" (independent chains) and
+"pt" (parallel tempering over one of those kernels).
+
+Several registry names map to this module, so the method travels with the config's type:
+
+    CONFIGS = {"rwmh": RWMHConfig, "mala": MALAConfig, "hmc": HMCConfig, "pt": PTConfig}
+    Config(sampler="mala")                 -> CONFIGS[sampler]()
+    preset(name, sampler="pt")             -> a named config (`PRESETS`)
+    sample(target, config, *, n_samples, budget, callback, run_dir=None, resume=False, x0=None)
+                                           -> SampleResult; the method is type(config)
+    sample_named(name, target, config=None, **same keywords)
+
+Independent chains are parallel tempering with the one-temperature ladder (1.0,), so one loop
+serves all four. A run of S steps costs n_temps * n_chains * evals_per_step energy evaluations
+per step (evals_per_step = n_leapfrog for HMC, else 1) plus n_temps * n_chains to start. With a
+budget, S is the most steps the budget pays for (`stopped_by_budget` = True); without one, S is
+the fewest that give n_samples. The first `burn_in` fraction of steps adapts the step size (one
+per temperature, Robbins-Monro towards `target_accept`) and, for PT, the ladder (towards equal
+swap rates); the kernel is frozen afterwards, so the kept samples come from a fixed, exact
+kernel. Samples are the T = 1 chains at ceil(n_samples / n_chains) times spread evenly (at least
+`thinning` apart) over the post-burn-in steps, ending at the last step.
+
+Initial state: x0 `[n_chains, dim]` or `[n_temps, n_chains, dim]` if given, else
+init_scale * N(0, I) per coordinate (projected onto the centre-of-mass-free subspace for
+particle systems), then `init_relax_steps` capped uphill steps (`boltzkit.mc.mcmc.relax`, counted
+in the budget) that pull overlapping particles apart. With `run_dir`, the state is
+checkpointed every `checkpoint_every` steps (default: every tenth of the run) and `resume=True`
+continues from it; the resumed run is statistically, not bitwise, equivalent (the global RNG is
+the caller's to seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from boltzkit.mc.mcmc import MCMCState, kernel_from_name, relax
+from boltzkit.mc.tempering import ParallelTempering, PTInfo, PTState, geometric_ladder
+from boltzkit.samplers import Callback, SampleResult, null_callback
+
+CHECKPOINT = "mcmc_checkpoint.pt"
+KernelName = Literal["rwmh", "mala", "hmc"]
+
+
+@dataclass(frozen=True)
+class ChainsConfig:
+    """Hyperparameters shared by every MCMC sampler (see the module docstring)."""
+
+    n_chains: int = 128
+    burn_in: float = 0.25  # fraction of the steps spent adapting, then discarded
+    thinning: int = 1  # minimum spacing, in steps, between kept samples of a chain
+    step_size: float = 0.01
+    target_accept: float | None = None  # None: the kernel's default (0.234, 0.574, 0.65)
+    adapt_rate: float = 0.3  # Robbins-Monro gain on log step size (acceptance averaged over chains)
+    init_scale: float = 1.0  # std of the N(0, s^2 I) start (COM-free for particles)
+    init_relax_steps: int = 0  # capped uphill steps before MCMC (`mcmc.relax`), counted
+    init_relax_max_move: float = 0.02
+    dtype: Literal["float32", "float64"] = "float64"
+    device: str = "cpu"
+    checkpoint_every: int = 0  # steps; 0 = every tenth of the run (with run_dir only)
+
+
+@dataclass(frozen=True)
+class RWMHConfig(ChainsConfig):
+    """Random-walk Metropolis chains; step_size is the proposal std per coordinate."""
+
+    step_size: float = 0.1
+
+
+@dataclass(frozen=True)
+class MALAConfig(ChainsConfig):
+    """MALA chains; x' = x + h grad log pi + sqrt(2h) xi with h = step_size."""
+
+    step_size: float = 0.01
+
+
+@dataclass(frozen=True)
+class HMCConfig(ChainsConfig):
+    """HMC chains with n_leapfrog leapfrog steps of size step_size (unit mass)."""
+
+    step_size: float = 0.05
+    n_leapfrog: int = 10
+
+
+@dataclass(frozen=True)
+class PTConfig(ChainsConfig):
+    """Parallel tempering: n_chains per temperature on a geometric ladder 1..T_max."""
+
+    kernel: KernelName = "mala"
+    n_leapfrog: int = 10  # used when kernel = "hmc"
+    n_temps: int = 8
+    T_max: float = 20.0
+    adapt_ladder: bool = True  # move the ladder towards equal swap rates during burn-in
+    ladder_every: int = 50  # steps between ladder updates
+
+
+CONFIGS: dict[str, type[ChainsConfig]] = {
+    "rwmh": RWMHConfig, "mala": MALAConfig, "hmc": HMCConfig, "pt": PTConfig}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # settings that mix on the particle systems at modest cost (2 CPU cores)
+    # dw4: without the relaxed start about one MALA chain in ten stays stuck (BENCHMARKS.md)
+    "dw4": {"n_chains": 128, "init_scale": 1.5, "init_relax_steps": 100, "step_size": 0.01,
+            "T_max": 10.0, "n_temps": 6},
+    "lj13": {"n_chains": 128, "init_scale": 1.0, "init_relax_steps": 100, "step_size": 1e-4,
+             "T_max": 4.0, "n_temps": 8},
+    "lj55": {"n_chains": 64, "init_scale": 1.2, "init_relax_steps": 200, "step_size": 1e-5,
+             "T_max": 4.0, "n_temps": 10, "dtype": "float32"},
+    "phi4": {"n_chains": 64, "init_scale": 0.5, "step_size": 0.05, "T_max": 4.0, "n_temps": 6},
+    "quick": {"n_chains": 32, "n_temps": 4, "T_max": 5.0},
+}
+
+
+def Config(sampler: str = "mala") -> ChainsConfig:  # noqa: N802 - the convention's name
+    """The default config of `sampler` (one of CONFIGS)."""
+    if sampler not in CONFIGS:
+        raise KeyError(f"unknown MCMC sampler {sampler!r}; valid: {', '.join(CONFIGS)}")
+    return CONFIGS[sampler]()
+
+
+def preset(name: str, sampler: str = "pt") -> ChainsConfig:
+    """Named settings (`PRESETS`) for `sampler`; keys the sampler lacks are dropped."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    base = Config(sampler)
+    fields = {f.name for f in dataclasses.fields(base)}
+    return dataclasses.replace(base, **{k: v for k, v in PRESETS[name].items() if k in fields})
+
+
+def sampler_name(config: ChainsConfig) -> str:
+    """The registry name of a config's method."""
+    for name, cls in CONFIGS.items():
+        if type(config) is cls:
+            return name
+    raise TypeError(f"not an MCMC config: {type(config).__name__}")
+
+
+def build(config: ChainsConfig) -> ParallelTempering:
+    """The (one-temperature, for chains) parallel-tempering object a config describes."""
+    name = sampler_name(config)
+    kernel_name = config.kernel if isinstance(config, PTConfig) else name
+    extra = {"n_leapfrog": config.n_leapfrog} if kernel_name == "hmc" else {}
+    kernel = kernel_from_name(kernel_name, step_size=config.step_size, **extra)
+    ladder = geometric_ladder(config.n_temps, config.T_max) if name == "pt" else (1.0,)
+    return ParallelTempering(kernel, ladder)
+
+
+def sample_named(name: str, target: Any, config: ChainsConfig | None = None,
+                 **kwargs: Any) -> SampleResult:
+    """`sample(target, config or Config(name), **kwargs)`, checking the config matches `name`."""
+    config = Config(name) if config is None else config
+    if sampler_name(config) != name:
+        raise TypeError(f"sampler {name!r} got a {type(config).__name__}")
+    return sample(target, config, **kwargs)
+
+
+def sample(
+    target: Any, config: ChainsConfig, *, n_samples: int, budget: int | None = None,
+    callback: Callback = null_callback, run_dir: Path | None = None, resume: bool = False,
+    x0: Tensor | None = None,
+) -> SampleResult:
+    """n_samples detached T = 1 samples `[n_samples, dim]` (equally weighted, log_w None)."""
+    started = time.perf_counter()
+    _validate(config)
+    pt = build(config)
+    n_walkers = pt.n_temps * config.n_chains
+    step_cost = n_walkers * pt.kernel.evals_per_step
+    counts0 = dict(target.counter.as_dict())
+    ckpt = _load(run_dir) if resume else None
+    spent_before = ckpt["counts"] if ckpt else {k: 0 for k in counts0}
+    budget_left = None if budget is None else budget - spent_before["n_energy"]
+    if ckpt is None:
+        init_cost = n_walkers * (1 + config.init_relax_steps)
+        if budget_left is not None and budget_left < init_cost + step_cost:
+            raise ValueError(f"budget {budget} does not pay for the start and one step of "
+                             f"{n_walkers} walkers ({init_cost + step_cost} energy evaluations)")
+        pt, state, run = _start(pt, target, config, x0)
+    else:
+        pt, state, run = _restore(pt, ckpt, config)
+    remaining = None if budget_left is None else (
+        budget_left - (target.counter.n_energy - counts0["n_energy"]))
+    n_steps = _n_steps(config, n_samples, remaining, run.t, step_cost)
+    if run.n_burn is None:  # a resumed run keeps its burn-in: adaptation never restarts
+        run.n_burn = int(config.burn_in * n_steps)
+    n_burn = run.n_burn
+    times = _keep_times(n_steps, n_burn, math.ceil(n_samples / config.n_chains), config.thinning)
+    every = config.checkpoint_every or max(1, n_steps // 10)
+    run.trace_every = max(1, n_steps // 200)
+    callback("start", total=n_steps - run.t, unit="step",
+             description=f"{sampler_name(config)} on {getattr(target, 'name', 'target')}")
+    report_every, reported = max(1, n_steps // 100), run.t
+    stopped_early = False
+    while run.t < n_steps:
+        spent = target.counter.n_energy - counts0["n_energy"]
+        if budget_left is not None and spent + step_cost > budget_left:
+            stopped_early = True  # the counter is shared and something else spent from it
+            break
+        state, info = pt.step(state, target)
+        pt, state = run.record(pt, state, info, config, burning=run.t < n_burn)
+        if run.t in times:
+            run.kept[run.t] = state.chains.x[0].detach().clone()
+        run.t += 1
+        if run.t - reported >= report_every or run.t == n_steps:
+            callback("advance", n=run.t - reported, accept=run.last_accept)
+            reported = run.t
+        if run_dir is not None and (run.t % every == 0 or run.t == n_steps):
+            _save(run_dir, pt, state, run, _counts(target, counts0, spent_before), config)
+    callback("end")
+    samples = _select(run.kept, n_samples)
+    diagnostics = run.summary(pt)
+    diagnostics.update(
+        sampler=sampler_name(config), n_steps=run.t, n_burn_in_steps=n_burn,
+        n_chains=config.n_chains, n_collected=int(samples.shape[0]),
+        stopped_by_budget=budget is not None, stopped_early=stopped_early,
+        wall_s=time.perf_counter() - started)
+    counts = _counts(target, counts0, spent_before)
+    return SampleResult(samples, None, None, diagnostics, counts)
+
+
+def _validate(config: ChainsConfig) -> None:
+    if not 0.0 <= config.burn_in < 1.0:
+        raise ValueError(f"burn_in is a fraction in [0, 1), got {config.burn_in}")
+    if config.n_chains < 1 or config.thinning < 1 or config.init_relax_steps < 0:
+        raise ValueError("n_chains and thinning must be positive, init_relax_steps >= 0")
+    if isinstance(config, PTConfig) and (config.n_temps < 1 or config.T_max < 1.0):
+        raise ValueError(f"need n_temps >= 1 and T_max >= 1, got {config.n_temps}, "
+                         f"{config.T_max}")
+
+
+def _start(pt: ParallelTempering, target: Any, config: ChainsConfig, x0: Tensor | None
+           ) -> tuple[ParallelTempering, PTState, _Run]:
+    x = _initial_x(target, config, pt.n_temps, x0)
+    x = relax(x, target, config.init_relax_steps, config.init_relax_max_move)
+    return pt, pt.init(x, target), _Run(pt.n_temps)
+
+
+# ---- the run's bookkeeping -------------------------------------------------------------
+@dataclass
+class _Run:
+    """Mutable per-run accumulators (never handed to a caller)."""
+
+    n_temps: int
+    t: int = 0
+    n_burn: int | None = None
+    kept: dict[int, Tensor] = dataclasses.field(default_factory=dict)
+    accept_sum: list[float] | None = None  # [n_temps], post-burn-in
+    swap_sum: list[float] | None = None  # [n_temps - 1], post-burn-in
+    swap_n: list[float] | None = None
+    window_sum: list[float] | None = None  # swap rates since the last ladder update (burn-in)
+    window_n: list[float] | None = None
+    n_post: int = 0
+    n_nonfinite: int = 0
+    last_accept: float = float("nan")
+    trace_every: int = 10
+    trace: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("accept_sum", "swap_sum", "swap_n", "window_sum", "window_n"):
+            if getattr(self, name) is None:
+                size = self.n_temps if name == "accept_sum" else self.n_temps - 1
+                setattr(self, name, [0.0] * size)
+
+    def record(self, pt: ParallelTempering, state: PTState, info: PTInfo, config: ChainsConfig,
+               burning: bool) -> tuple[ParallelTempering, PTState]:
+        """Accumulates one step's diagnostics; in burn-in, returns the adapted pt and state."""
+        accept = info.kernel.accept_prob.detach().flatten(1).mean(1).tolist()
+        swap = info.swap_accept_prob.detach().flatten(1).mean(1).tolist()
+        attempted = info.swap_attempted.tolist()
+        self.n_nonfinite += info.kernel.n_nonfinite
+        self.last_accept = accept[0]
+        if self.t % self.trace_every == 0:
+            self.trace.append({"step": self.t, "accept": accept[0],
+                               "step_size": _first_step_size(pt)})
+        if not burning:
+            _add(self.accept_sum, accept)
+            _add(self.swap_sum, swap)
+            _add(self.swap_n, attempted)
+            self.n_post += 1
+            return pt, state
+        pt = pt.adapted(info, config.target_accept, config.adapt_rate)
+        _add(self.window_sum, swap)
+        _add(self.window_n, attempted)
+        if (isinstance(config, PTConfig) and config.adapt_ladder and pt.n_temps > 2
+                and (self.t + 1) % config.ladder_every == 0):
+            rates = [s / max(n, 1) for s, n in zip(self.window_sum, self.window_n, strict=True)]
+            pt, state = pt.adapted_ladder(state, torch.tensor(rates))
+            self.window_sum = [0.0] * (self.n_temps - 1)
+            self.window_n = [0.0] * (self.n_temps - 1)
+        return pt, state
+
+    def summary(self, pt: ParallelTempering) -> dict[str, Any]:
+        step = pt.kernel.step_size
+        accept = [a / max(self.n_post, 1) for a in self.accept_sum]
+        return {
+            "acceptance": accept[0],
+            "acceptance_per_temperature": accept,
+            "swap_rates": [s / max(n, 1) for s, n in zip(self.swap_sum, self.swap_n, strict=True)],
+            "temperatures": list(pt.temperatures),
+            "step_size": step.flatten().tolist() if isinstance(step, Tensor) else [float(step)],
+            "n_nonfinite": self.n_nonfinite,
+            "trace": self.trace,
+        }
+
+
+def _add(total: list[float], values: list[float] | list[bool]) -> None:
+    for i, v in enumerate(values):
+        total[i] += float(v)
+
+
+def _first_step_size(pt: ParallelTempering) -> float:
+    step = pt.kernel.step_size
+    return float(step.flatten()[0]) if isinstance(step, Tensor) else float(step)
+
+
+# ---- planning ---------------------------------------------------------------------------
+def _n_steps(config: ChainsConfig, n_samples: int, remaining: int | None, t: int,
+             step_cost: int) -> int:
+    """Total steps: t plus what the remaining budget pays for, or the fewest for n_samples."""
+    if remaining is not None:
+        return t + max(remaining // step_cost, 0)
+    n_post = math.ceil(n_samples / config.n_chains) * max(config.thinning, 1)
+    return math.ceil(n_post / (1.0 - config.burn_in))
+
+
+def _keep_times(n_steps: int, n_burn: int, n_times: int, thinning: int) -> set[int]:
+    """Up to n_times step indices in [n_burn, n_steps), evenly spread, ending at the last."""
+    n_post = n_steps - n_burn
+    if n_post <= 0:
+        return set()
+    stride = max(thinning, n_post // max(n_times, 1), 1)
+    return {n_steps - 1 - j * stride for j in range(n_times) if n_steps - 1 - j * stride >= n_burn}
+
+
+def _select(kept: dict[int, Tensor], n_samples: int) -> Tensor:
+    if not kept:
+        raise RuntimeError("no post-burn-in step was taken: raise the budget or lower burn_in")
+    x = torch.cat([kept[t] for t in sorted(kept)])  # time-major
+    if x.shape[0] > n_samples:
+        x = x[torch.linspace(0, x.shape[0] - 1, n_samples).round().long()]
+    return x.detach()
+
+
+def _initial_x(target: Any, config: ChainsConfig, n_temps: int, x0: Tensor | None) -> Tensor:
+    dtype, device = getattr(torch, config.dtype), torch.device(config.device)
+    if x0 is not None:
+        x0 = x0.to(dtype=dtype, device=device)
+        return x0.expand(n_temps, *x0.shape) if x0.ndim == 2 else x0
+    x = config.init_scale * torch.randn(n_temps, config.n_chains, target.dim, dtype=dtype,
+                                        device=device)
+    return target.remove_com(x)
+
+
+def _counts(target: Any, counts0: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - counts0[k] + before.get(k, 0) for k, v in target.counter.as_dict().items()}
+
+
+# ---- checkpoints ------------------------------------------------------------------------
+def _save(run_dir: Path, pt: ParallelTempering, state: PTState, run: _Run,
+          counts: dict[str, int], config: ChainsConfig) -> None:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"config": dataclasses.asdict(config), "temperatures": pt.temperatures,
+               "step_size": pt.kernel.step_size, "chains": state.chains._asdict(),
+               "n_steps": state.n_steps, "run": dataclasses.asdict(run), "counts": counts}
+    tmp = run_dir / (CHECKPOINT + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(run_dir / CHECKPOINT)
+
+
+def _load(run_dir: Path | None) -> dict[str, Any] | None:
+    if run_dir is None or not (Path(run_dir) / CHECKPOINT).exists():
+        return None
+    return torch.load(Path(run_dir) / CHECKPOINT, weights_only=False)
+
+
+def _restore(pt: ParallelTempering, ckpt: dict[str, Any], config: ChainsConfig
+             ) -> tuple[ParallelTempering, PTState, _Run]:
+    if ckpt["config"] != dataclasses.asdict(config):
+        raise ValueError("the checkpoint was written with a different config; resume with the "
+                         f"recorded one: {ckpt['config']}")
+    kernel = dataclasses.replace(pt.kernel, step_size=ckpt["step_size"])
+    pt = ParallelTempering(kernel, tuple(ckpt["temperatures"]))
+    state = PTState(MCMCState(**ckpt["chains"]), ckpt["n_steps"])
+    return pt, state, _Run(**ckpt["run"])
+
+
+__all__ = ["CONFIGS", "PRESETS", "ChainsConfig", "Config", "HMCConfig", "MALAConfig",
+           "PTConfig", "RWMHConfig", "build", "preset", "sample", "sample_named",
+           "sampler_name"]
