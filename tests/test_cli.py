@@ -354,7 +354,10 @@ def test_demo_generates_a_reference_when_none_is_cached_or_published(tmp_path, m
     monkeypatch.setenv("BOLTZKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(rundir, "published_reference", lambda *a: None)
     monkeypatch.setattr(reference, "DEFAULT_N_SAMPLES", 64)
-    monkeypatch.setitem(reference.PRESETS, "dw4", {"n_chains": 16, "n_temps": 2, "thinning": 1})
+    from boltzkit.samplers.mcmc import PTConfig
+
+    small = PTConfig(n_chains=16, n_temps=2, thinning=1)
+    monkeypatch.setattr(reference, "reference_config", lambda name: small)
     lines: list[str] = []
     path, source = demo.reference_for_demo(tmp_path, lines.append, Console(quiet=True), True)
     assert path.exists() and path.parent == tmp_path / "cache" / "references"

@@ -11,8 +11,8 @@ from torch import Tensor
 
 from boltzkit import targets
 from boltzkit.app import reference, rundir
+from boltzkit.core import presets
 from boltzkit.evaluate import metrics
-from boltzkit.samplers import mcmc as mcmc_samplers
 from boltzkit.samplers.mcmc import PTConfig
 from boltzkit.targets.base import Target
 
@@ -91,8 +91,10 @@ def test_fingerprint_sees_parameters_and_temperature() -> None:
 
 def test_overrides_and_names() -> None:
     made = reference.reference_config("dw4")
-    assert made.thinning == reference.PRESETS["dw4"]["thinning"]
-    assert made.T_max == mcmc_samplers.PRESETS["dw4"]["T_max"]
+    table = presets.load("mcmc")
+    assert made.thinning == table["reference-dw4"]["thinning"] == 50
+    assert made.T_max == table["dw4"]["pt"]["T_max"] == 10.0  # from the base preset
+    assert made.n_chains == table["reference-dw4"]["n_chains"] != table["dw4"]["n_chains"]
     assert reference.reference_config("unknown") == PTConfig()
     with pytest.raises(KeyError, match="valid keys"):
         reference.make_reference(Harmonic(), 8, sets=["n_chain=3"])

@@ -37,18 +37,9 @@ from torch import Tensor
 
 import boltzkit
 from boltzkit.samplers import Callback, null_callback
-from boltzkit.samplers.mcmc import PRESETS as SAMPLER_PRESETS
-from boltzkit.samplers.mcmc import PTConfig, preset, sample
+from boltzkit.samplers.mcmc import PTConfig, preset, preset_names, sample
 from boltzkit.targets.base import Target
 
-# On top of the sampler presets (`mcmc_samplers.PRESETS`): long thinning for nearly independent
-# samples, and more chains where they are cheap.
-PRESETS: dict[str, dict[str, Any]] = {
-    "dw4": {"n_chains": 256, "step_size": 0.05, "thinning": 50, "burn_in": 0.2},
-    "lj13": {"thinning": 100, "burn_in": 0.2},
-    "lj55": {"n_temps": 12, "thinning": 200, "burn_in": 0.3},
-    "phi4": {"n_chains": 128, "thinning": 50, "burn_in": 0.2},
-}
 DEFAULT_N_SAMPLES = 10_000
 _FINGERPRINT_POINTS = 16
 
@@ -61,10 +52,11 @@ class ReferenceSet(NamedTuple):
 
 
 def reference_config(name: str) -> PTConfig:
-    """The PT config for target `name`: the sampler preset of that name (else the PTConfig
-    defaults) with `PRESETS[name]` on top."""
-    base = preset(name, sampler="pt") if name in SAMPLER_PRESETS else PTConfig()
-    return dataclasses.replace(base, **PRESETS.get(name, {}))
+    """The PT config for target `name`: preset "reference-<name>" of
+    `boltzkit/presets/mcmc.toml` (long thinning on top of the target's sampler preset), else the
+    PTConfig defaults."""
+    key = f"reference-{name}"
+    return preset(key, sampler="pt") if key in preset_names() else PTConfig()
 
 
 def cache_dir() -> Path:
@@ -261,5 +253,5 @@ def _compare(target: Target, x: Tensor, ref: Tensor, label: str) -> dict[str, An
             f"n_nonfinite_energies_{label}": n_bad}
 
 
-__all__ = ["PRESETS", "ReferenceSet", "cache_dir", "cached_path", "load", "make_reference",
+__all__ = ["ReferenceSet", "cache_dir", "cached_path", "load", "make_reference",
            "reference_config", "save", "target_fingerprint"]

@@ -5,7 +5,7 @@ Several registry names map to this module, so the method travels with the config
 
     CONFIGS = {"rwmh": RWMHConfig, "mala": MALAConfig, "hmc": HMCConfig, "pt": PTConfig}
     Config(sampler="mala")                 -> CONFIGS[sampler]()
-    preset(name, sampler="pt")             -> a named config (`PRESETS`)
+    preset(name, sampler="pt")             -> a named config (boltzkit/presets/mcmc.toml)
     sample(target, config, *, n_samples, budget, callback, run_dir=None, resume=False, x0=None)
                                            -> SampleResult; the method is type(config)
     sample_named(name, target, config=None, **same keywords)
@@ -41,6 +41,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from boltzkit.core import presets
+from boltzkit.core.config import override
 from boltzkit.mc.mcmc import MCMCState, kernel_from_name, relax
 from boltzkit.mc.tempering import ParallelTempering, PTInfo, PTState, geometric_ladder
 from boltzkit.samplers import Callback, SampleResult, null_callback
@@ -104,20 +106,6 @@ class PTConfig(ChainsConfig):
 CONFIGS: dict[str, type[ChainsConfig]] = {
     "rwmh": RWMHConfig, "mala": MALAConfig, "hmc": HMCConfig, "pt": PTConfig}
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # settings that mix on the particle systems at modest cost (2 CPU cores)
-    # dw4: without the relaxed start about one MALA chain in ten stays stuck (BENCHMARKS.md)
-    "dw4": {"n_chains": 128, "init_scale": 1.5, "init_relax_steps": 100, "step_size": 0.01,
-            "T_max": 10.0, "n_temps": 6},
-    "lj13": {"n_chains": 128, "init_scale": 1.0, "init_relax_steps": 100, "step_size": 1e-4,
-             "T_max": 4.0, "n_temps": 8},
-    "lj55": {"n_chains": 64, "init_scale": 1.2, "init_relax_steps": 200, "step_size": 1e-5,
-             "T_max": 4.0, "n_temps": 10, "dtype": "float32"},
-    "phi4": {"n_chains": 64, "init_scale": 0.5, "step_size": 0.05, "T_max": 4.0, "n_temps": 6},
-    "quick": {"n_chains": 32, "n_temps": 4, "T_max": 5.0},
-}
-
-
 def Config(sampler: str = "mala") -> ChainsConfig:  # noqa: N802 - the convention's name
     """The default config of `sampler` (one of CONFIGS)."""
     if sampler not in CONFIGS:
@@ -125,13 +113,17 @@ def Config(sampler: str = "mala") -> ChainsConfig:  # noqa: N802 - the conventio
     return CONFIGS[sampler]()
 
 
+def preset_names() -> list[str]:
+    """Named settings in `boltzkit/presets/mcmc.toml`."""
+    return presets.names(presets.load("mcmc"))
+
+
 def preset(name: str, sampler: str = "pt") -> ChainsConfig:
-    """Named settings (`PRESETS`) for `sampler`; keys the sampler lacks are dropped."""
-    if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
-    base = Config(sampler)
-    fields = {f.name for f in dataclasses.fields(base)}
-    return dataclasses.replace(base, **{k: v for k, v in PRESETS[name].items() if k in fields})
+    """Named settings (`boltzkit/presets/mcmc.toml`) for `sampler`: the table's common keys and
+    its `sampler` sub-table; a key the sampler lacks is an error."""
+    values = presets.resolve(presets.load("mcmc"), name, sampler=sampler, kind="MCMC preset",
+                             samplers=tuple(CONFIGS))
+    return override(Config(sampler), values)
 
 
 def sampler_name(config: ChainsConfig) -> str:
@@ -391,6 +383,6 @@ def _restore(pt: ParallelTempering, ckpt: dict[str, Any], config: ChainsConfig
     return pt, state, _Run(**ckpt["run"])
 
 
-__all__ = ["CONFIGS", "PRESETS", "ChainsConfig", "Config", "HMCConfig", "MALAConfig",
+__all__ = ["CONFIGS", "ChainsConfig", "Config", "HMCConfig", "MALAConfig",
            "PTConfig", "RWMHConfig", "build", "preset", "sample", "sample_named",
            "sampler_name"]

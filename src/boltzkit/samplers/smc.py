@@ -15,7 +15,6 @@ overspend (`diagnostics["stopped_by_budget"]`). SMC runs are short and not check
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 
+from boltzkit.core import presets
 from boltzkit.mc.mcmc import kernel_from_name
 from boltzkit.mc.paths import Gaussian, GeometricPath
 from boltzkit.mc.resampling import RESAMPLERS
@@ -47,18 +47,14 @@ class Config:
     max_levels: int = 1000
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"n_mcmc_steps": 2, "cess_fraction": 0.3},
-    "gmm40": {"reference_scale": 30.0, "n_mcmc_steps": 10, "step_size": 0.5},
-    "many-well-32": {"reference_scale": 2.0, "n_mcmc_steps": 10, "step_size": 0.05},
-}
+def preset_names() -> list[str]:
+    """Named settings in `boltzkit/presets/smc.toml`."""
+    return presets.names(presets.load("smc"))
 
 
 def preset(name: str) -> Config:
-    """Named settings (`PRESETS`)."""
-    if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
-    return dataclasses.replace(Config(), **PRESETS[name])
+    """Named settings (`boltzkit/presets/smc.toml`); an unknown key is an error."""
+    return presets.apply(Config(), presets.load("smc"), name, kind="SMC preset")
 
 
 def sample(

@@ -25,7 +25,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from boltzkit.core.config import override, to_dict
+from boltzkit.core import presets
+from boltzkit.core.config import to_dict
 from boltzkit.models.egnn import EGNN
 from boltzkit.samplers import Callback, SampleResult, null_callback
 from boltzkit.samplers.idem.core import (
@@ -99,46 +100,16 @@ class Config:
     dtype: Literal["float32", "float64"] = "float32"
 
 
-_PAPER: dict[str, dict[str, Any]] = {
-    "gmm40": dict(network="mlp", n_layers=3, sigma_min=1e-5, sigma_max=1.0, scale=50.0, n_mc=500,
-                  clip_score=70.0, clip_per_particle=False, loss_weight="sigma2", lr=5e-4,
-                  init_buffer="estimator"),
-    "dw4": dict(network="egnn", n_layers=3),
-    "lj13": dict(network="egnn", n_layers=5, sigma_min=0.01, sigma_max=2.0, noise_scale=0.9),
-    "lj55": dict(network="egnn", n_layers=5, sigma_min=0.5, sigma_max=4.0, n_mc=100,
-                 batch_size=128, n_generate=128, noise_scale=0.5, n_outer=2000),
-}
-# Minutes on 2 CPU cores: fewer/lighter iterations, smaller K and networks, shorter SDEs.
-_QUICK: dict[str, dict[str, Any]] = {
-    "gmm40": dict(init_buffer="prior", n_outer=30, n_inner=25, batch_size=64, n_mc=300,
-                  n_generate=250, n_sde_steps=100, buffer_size=1000, n_init=250, ema_decay=0.99,
-                  lr=1e-3),
-    "dw4": dict(hidden=32, n_layers=2, n_outer=30, n_inner=20, batch_size=128, n_mc=200,
-                n_generate=250, n_sde_steps=100, buffer_size=2500, n_init=250),
-    "lj13": dict(hidden=32, n_layers=2, n_outer=15, n_inner=10, batch_size=64, n_mc=100,
-                 n_generate=100, n_sde_steps=100, buffer_size=1000, n_init=100),
-    "lj55": dict(hidden=16, n_layers=2, n_outer=5, n_inner=5, batch_size=16, n_mc=50,
-                 n_generate=32, n_sde_steps=50, buffer_size=256, n_init=32),
-}
-
-
 def preset_names() -> list[str]:
-    """The named settings: each paper configuration and its "-quick" version."""
-    return sorted([*_PAPER, *(f"{k}-quick" for k in _QUICK)])
+    """The named settings (`boltzkit/presets/idem.toml`): each paper configuration and its
+    "-quick" version."""
+    return presets.names(presets.load("idem"))
 
 
 def preset(name: str) -> Config:
     """Named settings: "gmm40", "dw4", "lj13", "lj55" (the iDEM code's values, REFERENCE.md) and
     "<name>-quick" (runs in minutes on 2 CPU cores; a smoke test, not a result)."""
-    base, quick = (name[: -len("-quick")], True) if name.endswith("-quick") else (name, False)
-    if base not in _PAPER:
-        raise KeyError(f"unknown iDEM preset {name!r}; valid: {', '.join(preset_names())}")
-    return override(Config(), {**_PAPER[base], **(_QUICK[base] if quick else {})})
-
-
-def default_preset(target: Target) -> Config:
-    """The paper preset whose target matches `target.name` (else the DW-4 settings)."""
-    return preset(target.name) if target.name in _PAPER else Config()
+    return presets.apply(Config(), presets.load("idem"), name, kind="iDEM preset")
 
 
 def build_network(config: Config, target: Target) -> nn.Module:

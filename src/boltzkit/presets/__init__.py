@@ -1,0 +1,1 @@
+"""Preset files (TOML), read by `boltzkit.core.presets`."""
