@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from boltzkit import samplers, targets
 from boltzkit.app import rundir
 from boltzkit.cli import app
+from boltzkit.core.errors import UnknownName
 from boltzkit.samplers import SampleResult
 
 runner = CliRunner()
@@ -39,7 +40,7 @@ class FakeConfig:
 def fake_preset(name: str) -> FakeConfig:
     presets = {"wide": FakeConfig(noise=1.0)}
     if name not in presets:
-        raise KeyError(f"unknown preset {name!r}; valid presets: {', '.join(presets)}")
+        raise UnknownName("preset", name, presets)
     return presets[name]
 
 

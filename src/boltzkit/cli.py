@@ -29,6 +29,7 @@ from boltzkit import targets
 from boltzkit.app import runner
 from boltzkit.app.progress import LogFile, RichProgress
 from boltzkit.core import config as configs
+from boltzkit.core.errors import UsageError
 
 app = typer.Typer(
     name="boltzkit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -172,7 +173,7 @@ def sample_command(
                     sets=set_ or [], preset=preset, n_samples=n_samples,
                     params=target_param or [], reference_path=reference, callback=callback,
                     log=log.write, command=command_line(ctx), figures=figures)
-    except runner.UsageError as err:
+    except UsageError as err:
         raise fail(str(err)) from None
     record = runner.rundir.read_record(outcome.run_dir)
     title = f"{record['target']} / {record['sampler']}: {int(outcome.metrics['n_samples'])} " \
@@ -201,7 +202,7 @@ def evaluate_command(
     """Recompute metrics.json (and figures) of a finished run."""
     try:
         metrics = runner.evaluate_run(run_dir, reference_path=reference, figures=figures)
-    except runner.UsageError as err:
+    except UsageError as err:
         raise fail(str(err)) from None
     console.print(metrics_table(metrics, f"metrics of {run_dir}"))
     console.print(f"written: {run_dir / runner.rundir.METRICS_FILE}")
@@ -224,14 +225,14 @@ def reference_command(
     try:
         built = runner.build_target(target, target_param or [])
         if built.has_exact_samples:
-            raise runner.UsageError(f"target {target!r} has an exact sampler: `boltzkit sample` "
+            raise UsageError(f"target {target!r} has an exact sampler: `boltzkit sample` "
                                     "draws its reference directly")
         config = project_reference.reference_config(built.name)
         runner.apply_overrides(config, set_ or [])
         with RichProgress(err_console, enabled=not quiet) as callback:
             made = project_reference.make_reference(
                 built, n, sets=set_ or [], seed=seed, callback=callback, refresh=refresh)
-    except runner.UsageError as err:
+    except UsageError as err:
         raise fail(str(err)) from None
     meta = made.metadata
     shown = {"n_samples": len(made.samples), "seed": meta.get("seed"),
@@ -257,9 +258,7 @@ def experiment_command(
     try:
         configs.parse_assignments(set_ or [])
         run = experiments.get(name)
-    except KeyError as err:
-        raise fail(err.args[0]) from None
-    except ValueError as err:
+    except UsageError as err:
         raise fail(str(err)) from None
     out.mkdir(parents=True, exist_ok=True)
     runner.seed_everything(seed)
@@ -270,10 +269,8 @@ def experiment_command(
         with LogFile(out / "log.txt") as log, RichProgress(
                 err_console, log=log.write, enabled=not quiet) as callback:
             headline = run(out, set_ or [], callback)
-    except KeyError as err:
-        if "valid" not in str(err):
-            raise
-        raise fail(err.args[0]) from None
+    except UsageError as err:
+        raise fail(str(err)) from None
     runner.rundir.write_json(out / "headline.json", headline)
     console.print(metrics_table(runner.summary_dict(headline), f"experiment {name}"))
     console.print(f"outputs: [bold]{out}[/]")
@@ -296,7 +293,7 @@ def demo_command(
     try:
         demo.main(console=console, err_console=err_console, budget=budget, out=out, seed=seed,
                   n_samples=n_samples, figures=figures, quiet=quiet)
-    except runner.UsageError as err:
+    except UsageError as err:
         raise fail(str(err)) from None
 
 

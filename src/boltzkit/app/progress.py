@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +34,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from boltzkit.core.errors import UsageError
 
 
 def _format_scalars(info: dict[str, Any]) -> str:
@@ -137,5 +140,12 @@ class LogFile:
     def __enter__(self) -> LogFile:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # A user error was already explained in one line; anything else is a bug, whose
+        # traceback the log keeps (it still propagates to the terminal).
+        if exc is not None and not isinstance(exc, UsageError | SystemExit | KeyboardInterrupt):
+            self.write("unexpected error (a bug in boltzkit or a sampler; please report it "
+                       "with this log):\n"
+                       + "".join(traceback.format_exception(exc_type, exc, tb)))
         self.close()

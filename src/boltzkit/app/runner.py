@@ -13,7 +13,6 @@ import inspect
 import json
 import random
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -73,27 +72,32 @@ def target_params(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> 
 def sampler_module(name: str) -> ModuleType:
     try:
         return samplers.module(name)
-    except KeyError as err:
-        raise UsageError(err.args[0]) from None
     except ImportError as err:
         raise UsageError(f"sampler {name!r} is not available in this build ({err})") from None
+
+
+NO_PRESET = "none"
+
+
+def default_preset(module: ModuleType, target_name: str | None) -> str | None:
+    """The preset a run uses when none is named: the sampler's preset named after the target,
+    if it has one (safe settings beat silent garbage), else None."""
+    names = getattr(module, "preset_names", lambda: [])()
+    return target_name if target_name in names else None
 
 
 def sampler_config(module: ModuleType, sets: Sequence[str] = (), preset: str | None = None,
                    sampler: str | None = None) -> Any:
     """module.Config() (or module.preset(preset)) with `--set key=value` overrides applied.
 
-    Modules serving several sampler names (mcmc_samplers: mala, rwmh, hmc, pt) may take the name
-    as `Config(sampler=...)` or `preset(name, sampler=...)`; whichever their signatures accept.
+    `preset` None or "none" means the sampler's defaults. Modules serving several sampler names
+    (mcmc: mala, rwmh, hmc, pt) take the name as `Config(sampler)` / `preset(name, sampler)`.
     """
-    if preset is not None:
+    if preset is not None and preset != NO_PRESET:
         make = getattr(module, "preset", None)
         if make is None:
-            raise UsageError(f"sampler {sampler!r} has no presets")
-        try:
-            base = _call_with_sampler(make, sampler, preset)
-        except (KeyError, ValueError) as err:
-            raise UsageError(str(err.args[0] if err.args else err)) from None
+            raise UsageError(f"sampler {sampler!r} has no presets (use --preset none)")
+        base = _call_with_sampler(make, sampler, preset)
     else:
         base = _call_with_sampler(module.Config, sampler)
     return apply_overrides(base, sets)
@@ -101,12 +105,7 @@ def sampler_config(module: ModuleType, sets: Sequence[str] = (), preset: str | N
 
 def apply_overrides(config: Any, sets: Sequence[str]) -> Any:
     """`config` with overrides applied; bad keys or values raise UsageError."""
-    try:
-        return configs.override(config, sets)
-    except KeyError as err:
-        raise UsageError(err.args[0]) from None
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    return configs.override(config, sets)
 
 
 def config_from_dict(module: ModuleType, values: Mapping[str, Any], sampler: str | None) -> Any:
@@ -167,6 +166,11 @@ def run_sampler(
     _check_sizes(budget, n_samples)
     target = build_target(target_name, params)
     module = sampler_module(sampler)
+    if preset is None:
+        preset = default_preset(module, target_name)
+        if preset is not None and log:
+            log(f"using preset {preset!r} of sampler {sampler!r} for target {target_name!r} "
+                "(--preset none for the sampler's defaults)")
     config = sampler_config(module, sets, preset, sampler)
     reference = resolve_reference(target.uncounted(), target_name, path=reference_path,
                                   n=n_samples, custom_params=bool(params), seed=seed + 1)
@@ -219,11 +223,9 @@ def _execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
         result = module.sample(target, config, n_samples=int(record["n_samples"]),
                                budget=int(record["budget"]), callback=callback, run_dir=run_dir,
                                resume=resume)
-    except ValueError as err:
-        # Samplers validate their inputs with ValueError (e.g. a budget too small for one
-        # step): a usage error, with the traceback kept in the log for the rare real bug.
-        if log:
-            log(traceback.format_exc())
+    except UsageError as err:
+        # e.g. a budget too small for one step; any other exception is a bug and propagates
+        # with its traceback (the CLI writes it to the run's log).
         raise UsageError(f"sampler {record['sampler']!r}: {err}") from None
     wall_s = time.perf_counter() - start
     rundir.write_samples(run_dir, result.samples, result.log_w, result.log_Z)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from boltzkit.core.errors import UsageError
 from boltzkit.models.flow_objectives import (
     forward_kl_loss,
     reverse_kl_loss,
@@ -65,7 +66,7 @@ def train(
     Returns the training record: history (step, loss, n_energy), n_nonfinite, stopped_by_budget.
     """
     if config.objective != "reverse" and data is None:
-        raise ValueError(f"objective {config.objective!r} needs samples (data)")
+        raise UsageError(f"objective {config.objective!r} needs samples (data)")
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr)
     record: dict[str, Any] = {"history": [], "n_nonfinite": 0, "stopped_by_budget": False}
     step = 0
@@ -120,13 +121,13 @@ def sample(
     Forward KL draws `config.n_data` exact samples from the target (an error if it has none).
     """
     if budget is not None and budget < n_samples:
-        raise ValueError(f"budget {budget} is smaller than n_samples {n_samples}: weighting the "
+        raise UsageError(f"budget {budget} is smaller than n_samples {n_samples}: weighting the "
                          "returned samples alone costs n_samples energy evaluations")
     dtype = getattr(torch, config.dtype)
     data = None
     if config.objective != "reverse":
         if not target.has_exact_samples:
-            raise ValueError(f"objective {config.objective!r} needs exact samples, which "
+            raise UsageError(f"objective {config.objective!r} needs exact samples, which "
                              f"{target.name!r} lacks; call `train` with data instead")
         data = target.sample(config.n_data).to(dtype)
     flow = make_flow(config.flow_config(target.dim, conditional=False), data).to(dtype)

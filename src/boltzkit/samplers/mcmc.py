@@ -43,6 +43,7 @@ from torch import Tensor
 
 from boltzkit.core import presets
 from boltzkit.core.config import override
+from boltzkit.core.errors import UnknownName, UsageError
 from boltzkit.mc.mcmc import MCMCState, kernel_from_name, relax
 from boltzkit.mc.tempering import ParallelTempering, PTInfo, PTState, geometric_ladder
 from boltzkit.samplers import Callback, SampleResult, null_callback
@@ -109,7 +110,7 @@ CONFIGS: dict[str, type[ChainsConfig]] = {
 def Config(sampler: str = "mala") -> ChainsConfig:  # noqa: N802 - the convention's name
     """The default config of `sampler` (one of CONFIGS)."""
     if sampler not in CONFIGS:
-        raise KeyError(f"unknown MCMC sampler {sampler!r}; valid: {', '.join(CONFIGS)}")
+        raise UnknownName("MCMC sampler", sampler, CONFIGS)
     return CONFIGS[sampler]()
 
 
@@ -171,7 +172,7 @@ def sample(
     if ckpt is None:
         init_cost = n_walkers * (1 + config.init_relax_steps)
         if budget_left is not None and budget_left < init_cost + step_cost:
-            raise ValueError(f"budget {budget} does not pay for the start and one step of "
+            raise UsageError(f"budget {budget} does not pay for the start and one step of "
                              f"{n_walkers} walkers ({init_cost + step_cost} energy evaluations)")
         pt, state, run = _start(pt, target, config, x0)
     else:
@@ -218,11 +219,11 @@ def sample(
 
 def _validate(config: ChainsConfig) -> None:
     if not 0.0 <= config.burn_in < 1.0:
-        raise ValueError(f"burn_in is a fraction in [0, 1), got {config.burn_in}")
+        raise UsageError(f"burn_in is a fraction in [0, 1), got {config.burn_in}")
     if config.n_chains < 1 or config.thinning < 1 or config.init_relax_steps < 0:
-        raise ValueError("n_chains and thinning must be positive, init_relax_steps >= 0")
+        raise UsageError("n_chains and thinning must be positive, init_relax_steps >= 0")
     if isinstance(config, PTConfig) and (config.n_temps < 1 or config.T_max < 1.0):
-        raise ValueError(f"need n_temps >= 1 and T_max >= 1, got {config.n_temps}, "
+        raise UsageError(f"need n_temps >= 1 and T_max >= 1, got {config.n_temps}, "
                          f"{config.T_max}")
 
 
@@ -375,7 +376,7 @@ def _load(run_dir: Path | None) -> dict[str, Any] | None:
 def _restore(pt: ParallelTempering, ckpt: dict[str, Any], config: ChainsConfig
              ) -> tuple[ParallelTempering, PTState, _Run]:
     if ckpt["config"] != dataclasses.asdict(config):
-        raise ValueError("the checkpoint was written with a different config; resume with the "
+        raise UsageError("the checkpoint was written with a different config; resume with the "
                          f"recorded one: {ckpt['config']}")
     kernel = dataclasses.replace(pt.kernel, step_size=ckpt["step_size"])
     pt = ParallelTempering(kernel, tuple(ckpt["temperatures"]))

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from boltzkit.core import presets
+from boltzkit.core.errors import UnknownName
 from boltzkit.mc.mcmc import kernel_from_name
 from boltzkit.mc.paths import Gaussian, GeometricPath
 from boltzkit.mc.resampling import RESAMPLERS
@@ -65,7 +66,7 @@ def sample(
     or n_samples equally weighted ones (log_w None) when they differ. log_w are importance
     weights in the convention of `boltzkit.mc.estimators`: LSE(log_w) - log n = log Z-hat."""
     if config.resampler not in RESAMPLERS:
-        raise KeyError(f"unknown resampler {config.resampler!r}; valid: {', '.join(RESAMPLERS)}")
+        raise UnknownName("resampler", config.resampler, RESAMPLERS)
     started = time.perf_counter()
     counts0 = dict(target.counter.as_dict())
     reference = Gaussian(target.dim, scale=config.reference_scale,

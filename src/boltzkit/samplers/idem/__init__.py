@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from boltzkit.core import presets
 from boltzkit.core.config import to_dict
+from boltzkit.core.errors import UsageError
 from boltzkit.models.egnn import EGNN
 from boltzkit.samplers import Callback, SampleResult, null_callback
 from boltzkit.samplers.idem.core import (
@@ -121,7 +122,7 @@ def build_network(config: Config, target: Target) -> nn.Module:
         kind = "egnn" if target.is_particle_system else "mlp"
     if kind == "egnn":
         if not target.is_particle_system:
-            raise ValueError(f"network='egnn' needs a particle system; {target.name} is not one")
+            raise UsageError(f"network='egnn' needs a particle system; {target.name} is not one")
         return EGNN(target.n_particles, target.spatial_dim, config.hidden, config.n_layers,
                     fused=config.fused_egnn)
     return TimeMLP(target.dim, config.hidden, config.n_layers)
@@ -337,7 +338,7 @@ class _Training:
 
     def restore(self) -> None:
         if self.checkpointer is None:
-            raise ValueError("resume=True needs a run_dir")
+            raise UsageError("resume=True needs a run_dir")
         state = self.checkpointer.load()
         if state is None:
             return

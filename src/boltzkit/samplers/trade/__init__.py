@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from boltzkit.core.errors import UsageError
 from boltzkit.models import flow_objectives
 from boltzkit.models.flows import ConditionalFlow, dtype_of, make_flow
 from boltzkit.samplers import Callback, SampleResult, null_callback
@@ -215,7 +216,7 @@ def step_cost(config: Config, step: int) -> int:
 def check_budget(budget: int | None, n_samples: int) -> None:
     """The final importance weights cost n_samples evaluations: a smaller budget is an error."""
     if budget is not None and budget < n_samples:
-        raise ValueError(f"budget {budget} is smaller than n_samples {n_samples}: weighting the "
+        raise UsageError(f"budget {budget} is smaller than n_samples {n_samples}: weighting the "
                          "returned samples alone costs n_samples energy evaluations")
 
 
@@ -230,9 +231,9 @@ def train(
     step's cost and `step_cost`."""
     needs_data = config.method != "reverse_kl" and config.boundary == "nll"
     if needs_data and data is None:
-        raise ValueError(f"method {config.method!r} with boundary 'nll' needs data")
+        raise UsageError(f"method {config.method!r} with boundary 'nll' needs data")
     if config.expectation == "ema" and data is not None and data.context is not None:
-        raise ValueError("the grid EMA of E_c[A] cannot be amortised over contexts")
+        raise UsageError("the grid EMA of E_c[A] cannot be amortised over contexts")
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr)
     ema = GridEMA(config) if config.method == "trade" and config.expectation == "ema" else None
     record: dict[str, Any] = {"history": [], "n_nonfinite": 0, "stopped_by_budget": False,
@@ -314,7 +315,7 @@ def sample(
     if config.method != "reverse_kl" and config.boundary == "nll":
         at_c0 = family.at(config.c0)
         if not at_c0.has_exact_samples:
-            raise ValueError(f"{target.name!r} has no exact samples at c0 = {config.c0}; "
+            raise UsageError(f"{target.name!r} has no exact samples at c0 = {config.c0}; "
                              "call trade.train with data (e.g. from boltzkit.mc.mcmc)")
         data = Data(at_c0.sample(config.n_data).to(dtype), config.c0)
     flow = build_flow(config, target.dim, None if data is None else data.x)
