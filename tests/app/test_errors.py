@@ -52,3 +52,15 @@ def test_a_usage_error_is_one_line_with_exit_2(tmp_path, broken) -> None:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "does not pay" in result.output
     assert "unexpected error" not in (out / "log.txt").read_text()
+
+
+def test_summary_dict_shows_one_element_tensors_and_arrays_as_numbers() -> None:
+    import numpy as np
+    import torch
+
+    from boltzkit.app.runner import summary_dict
+
+    flat = summary_dict({"t": torch.tensor([2.5]), "a": np.array([[3.0]]),
+                         "big": torch.zeros(2, 3)})
+    # Tensor.size is a method: the old check never saw a one-element tensor as a scalar.
+    assert flat == {"t": 2.5, "a": 3.0, "big": "array (2, 3)"}

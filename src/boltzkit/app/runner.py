@@ -387,8 +387,8 @@ def summary_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in obj.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Tensor | np.ndarray):
-            value = value.tolist() if value.size == 1 or getattr(value, "ndim", 1) == 0 else (
-                f"array {tuple(value.shape)}")
+            size = value.numel() if isinstance(value, Tensor) else value.size
+            value = value.reshape(-1)[0].item() if size == 1 else f"array {tuple(value.shape)}"
         if isinstance(value, Mapping) or hasattr(value, "_asdict"):
             flat.update(summary_dict(value, name))
         elif isinstance(value, list | tuple) and len(value) > 6:

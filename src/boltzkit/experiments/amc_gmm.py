@@ -186,7 +186,9 @@ def _models(cfg: Config, target: GaussianMixture, key: dict[str, Any], log: Call
 
 
 def run(out_dir: Path, overrides: list[str], callback: Callable[..., None]) -> dict[str, Any]:
-    """Runs the preset's blocks, writes the tables and figures, returns headline numbers."""
+    """Diffusion-annealed SMC on Gaussian mixtures: denoising kernels x perfect/learned models.
+
+    Runs the preset's blocks, writes the tables and figures, returns headline numbers."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     preset, blocks = configs_from(overrides)

@@ -49,7 +49,9 @@ class VerdictConfig:
 
 
 def run(out_dir: Path, overrides: list[str], callback: Callback = null_callback) -> dict:
-    """Runs the comparison, writes `verdict.md` and `verdict.json` into out_dir, returns the
+    """iDEM against MCMC baselines given the same number of energy evaluations.
+
+    Runs the comparison, writes `verdict.md` and `verdict.json` into out_dir, returns the
     headline numbers (per method and metric, plus `winner`)."""
     from boltzkit.app import runner
     from boltzkit.evaluate.evaluation import evaluate

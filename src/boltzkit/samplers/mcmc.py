@@ -114,15 +114,18 @@ def Config(sampler: str = "mala") -> ChainsConfig:  # noqa: N802 - the conventio
     return CONFIGS[sampler]()
 
 
+PRESET_FILE = "mcmc"  # boltzkit/presets/mcmc.toml
+
+
 def preset_names() -> list[str]:
     """Named settings in `boltzkit/presets/mcmc.toml`."""
-    return presets.names(presets.load("mcmc"))
+    return presets.names(presets.load(PRESET_FILE))
 
 
 def preset(name: str, sampler: str = "pt") -> ChainsConfig:
     """Named settings (`boltzkit/presets/mcmc.toml`) for `sampler`: the table's common keys and
     its `sampler` sub-table; a key the sampler lacks is an error."""
-    values = presets.resolve(presets.load("mcmc"), name, sampler=sampler, kind="MCMC preset",
+    values = presets.resolve(presets.load(PRESET_FILE), name, sampler=sampler, kind="MCMC preset",
                              samplers=tuple(CONFIGS))
     return override(Config(sampler), values)
 

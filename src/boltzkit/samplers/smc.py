@@ -48,14 +48,17 @@ class Config:
     max_levels: int = 1000
 
 
+PRESET_FILE = "smc"  # boltzkit/presets/smc.toml
+
+
 def preset_names() -> list[str]:
     """Named settings in `boltzkit/presets/smc.toml`."""
-    return presets.names(presets.load("smc"))
+    return presets.names(presets.load(PRESET_FILE))
 
 
 def preset(name: str) -> Config:
     """Named settings (`boltzkit/presets/smc.toml`); an unknown key is an error."""
-    return presets.apply(Config(), presets.load("smc"), name, kind="SMC preset")
+    return presets.apply(Config(), presets.load(PRESET_FILE), name, kind="SMC preset")
 
 
 def sample(

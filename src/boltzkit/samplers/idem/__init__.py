@@ -101,16 +101,19 @@ class Config:
     dtype: Literal["float32", "float64"] = "float32"
 
 
+PRESET_FILE = "idem"  # boltzkit/presets/idem.toml
+
+
 def preset_names() -> list[str]:
     """The named settings (`boltzkit/presets/idem.toml`): each paper configuration and its
     "-quick" version."""
-    return presets.names(presets.load("idem"))
+    return presets.names(presets.load(PRESET_FILE))
 
 
 def preset(name: str) -> Config:
     """Named settings: "gmm40", "dw4", "lj13", "lj55" (the iDEM code's values, REFERENCE.md) and
     "<name>-quick" (runs in minutes on 2 CPU cores; a smoke test, not a result)."""
-    return presets.apply(Config(), presets.load("idem"), name, kind="iDEM preset")
+    return presets.apply(Config(), presets.load(PRESET_FILE), name, kind="iDEM preset")
 
 
 def build_network(config: Config, target: Target) -> nn.Module:
