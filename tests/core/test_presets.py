@@ -57,3 +57,17 @@ def test_unknown_preset_names_the_valid_ones() -> None:
 def test_every_sampler_with_presets_lists_them() -> None:
     with_presets = [n for n in samplers.names() if hasattr(samplers.module(n), "preset_names")]
     assert set(with_presets) >= {"mala", "pt", "smc", "idem"}
+
+
+def test_experiment_presets_are_blocks_and_includes() -> None:
+    from boltzkit.experiments import amc_gmm
+
+    table = presets.load(amc_gmm.PRESET_FILE)
+    sweep = presets.blocks(table, "sweep")
+    parts = [b for name in ("dims", "modes", "mcmc", "learned") for b in presets.blocks(table, name)]
+    assert sweep == parts and len(sweep) == 5
+    assert presets.blocks(table, "acceptance") == [{}]
+    assert presets.blocks(table, "quick")[0]["dims"] == (2,)
+    for name in presets.names(table):  # every block applies to the experiment's Config
+        _, configs = amc_gmm.configs_from([f"preset={name}"])
+        assert len(configs) == len(presets.blocks(table, name))

@@ -171,7 +171,7 @@ def test_amc_gmm_quick_preset_writes_its_tables(tmp_path) -> None:  # noqa: ANN0
 def test_amc_gmm_rejects_unknown_keys_and_names(tmp_path) -> None:  # noqa: ANN001
     with pytest.raises(KeyError, match="valid keys"):
         amc_gmm.run(tmp_path, ["bogus=1"], lambda event, **info: None)
-    with pytest.raises(KeyError, match="valid presets"):
+    with pytest.raises(KeyError, match="valid amc-gmm presets: acceptance"):
         amc_gmm.run(tmp_path, ["preset=bogus"], lambda event, **info: None)
     with pytest.raises(KeyError, match="valid kernels"):
         amc_gmm.run(tmp_path, ["kernels=bogus"], lambda event, **info: None)

@@ -25,7 +25,7 @@ from boltzkit.core.config import override
 from boltzkit.core.errors import UnknownName, UsageError
 
 C = TypeVar("C")
-_META = ("base", "about")
+_META = ("base", "about", "blocks", "includes")
 
 
 @functools.cache
@@ -75,3 +75,19 @@ def apply(config: C, table: Mapping[str, Any], name: str, *, sampler: str | None
           kind: str = "preset") -> C:
     """`config` with preset `name` applied; an unknown key raises `UnknownName`."""
     return override(config, resolve(table, name, sampler=sampler, kind=kind))
+
+
+def blocks(table: Mapping[str, Any], name: str, *, kind: str = "preset") -> list[dict[str, Any]]:
+    """The blocks of a list-valued preset (experiments): its `blocks` array of tables, after the
+    blocks of each preset named in `includes`; lists become tuples."""
+    if name not in table:
+        raise UnknownName(kind, name, names(table))
+    entry = table[name]
+    out: list[dict[str, Any]] = []
+    for included in entry.get("includes", []):
+        if included == name:
+            raise UsageError(f"{kind} {name!r} includes itself")
+        out += blocks(table, included, kind=kind)
+    for block in entry.get("blocks", []):
+        out.append({k: tuple(v) if isinstance(v, list) else v for k, v in block.items()})
+    return out

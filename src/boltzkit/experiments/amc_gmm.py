@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from boltzkit.core import config as configs
+from boltzkit.core import presets
 from boltzkit.diffusion.kernels import KERNELS, NoisingKernel, make_kernel
 from boltzkit.diffusion.learned import DSMConfig, level_diagnostics, train_dsm
 from boltzkit.diffusion.schedules import SCHEDULES, PerfectModel, time_grid
@@ -78,31 +79,15 @@ class Config:
     figures: bool = True
 
 
-_TRANSPORT = ("second-order", "second-order-diag", "ddim", "pf-euler")
-PRESETS: dict[str, list[dict[str, Any]]] = {
-    "acceptance": [{}],
-    "quick": [{"dims": (2,), "n_particles": 200, "n_steps": 8, "seeds": (0,),
-               "kernels": ("first-order-ratio", "second-order", "ddim", "exact"),
-               "models": ("perfect", "learned-energy", "learned-score"), "train_steps": 20,
-               "train_hidden": 16, "mcmc": (False, True)}],
-    "dims": [{"dims": (2, 8, 32, 64, 128), "separations": (2.0, 3.0, 4.0)}],
-    "modes": [{"mixtures": ("modes-8", "modes-40"), "dims": (8, 32)}],
-    "mcmc": [{"dims": (8, 32), "mcmc": (True,)}],
-    "learned": [{"dims": (2, 8, 32), "models": ("learned-energy",),
-                 "kernels": tuple(k for k in ALL_KERNELS if k != "exact")},
-                {"dims": (2, 8, 32), "models": ("learned-score",),
-                 "kernels": ("first-order-ratio", "second-order", "ddim")}],
-}
-PRESETS["sweep"] = [b for name in ("dims", "modes", "mcmc", "learned") for b in PRESETS[name]]
+PRESET_FILE = "amc_gmm"  # boltzkit/presets/amc_gmm.toml
 
 
 def configs_from(overrides: list[str]) -> tuple[str, list[Config]]:
     """The preset named by `preset=...` (default "acceptance"), each block overridden."""
     items = configs.parse_assignments(overrides)
     name = items.pop("preset", "acceptance")
-    if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
-    return name, [configs.override(configs.override(Config(), b), items) for b in PRESETS[name]]
+    found = presets.blocks(presets.load(PRESET_FILE), name, kind="amc-gmm preset")
+    return name, [configs.override(configs.override(Config(), b), items) for b in found]
 
 
 def make_mixture(name: str, d: int, a: float) -> GaussianMixture:
