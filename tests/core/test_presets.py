@@ -64,7 +64,8 @@ def test_experiment_presets_are_blocks_and_includes() -> None:
 
     table = presets.load(amc_gmm.PRESET_FILE)
     sweep = presets.blocks(table, "sweep")
-    parts = [b for name in ("dims", "modes", "mcmc", "learned") for b in presets.blocks(table, name)]
+    parts = [b for name in ("dims", "modes", "mcmc", "learned")
+             for b in presets.blocks(table, name)]
     assert sweep == parts and len(sweep) == 5
     assert presets.blocks(table, "acceptance") == [{}]
     assert presets.blocks(table, "quick")[0]["dims"] == (2,)
