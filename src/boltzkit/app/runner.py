@@ -26,12 +26,8 @@ from boltzkit import samplers, targets
 from boltzkit.app import rundir
 from boltzkit.core import config as configs
 from boltzkit.core.errors import UsageError
-from boltzkit.samplers import SampleResult, null_callback
+from boltzkit.samplers import Callback, SampleResult, null_callback
 from boltzkit.targets import Target
-
-Callback = Callable[..., None]
-
-
 
 
 class Reference(NamedTuple):

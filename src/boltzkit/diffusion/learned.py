@@ -28,13 +28,13 @@ torch.Size([4, 2])
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
+from boltzkit.core.callback import Callback
 from boltzkit.diffusion.schedules import Schedule
 from boltzkit.mc import estimators
 from boltzkit.mc.paths import Gaussian
@@ -152,7 +152,7 @@ class TrainResult(NamedTuple):
 
 
 def train_dsm(target: Target, schedule: Schedule, config: DSMConfig = DSMConfig(),
-              callback: Callable[..., None] | None = None) -> TrainResult:
+              callback: Callback | None = None) -> TrainResult:
     """Trains a diffusion model on `config.n_train` exact samples of `target` (float32 net).
 
     Args:

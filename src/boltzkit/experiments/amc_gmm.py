@@ -42,6 +42,7 @@ import torch
 
 from boltzkit.core import config as configs
 from boltzkit.core import presets
+from boltzkit.core.callback import Callback
 from boltzkit.diffusion.kernels import KERNELS, NoisingKernel, make_kernel
 from boltzkit.diffusion.learned import DSMConfig, level_diagnostics, train_dsm
 from boltzkit.diffusion.schedules import SCHEDULES, PerfectModel, time_grid
@@ -170,7 +171,7 @@ def _models(cfg: Config, target: GaussianMixture, key: dict[str, Any], log: Call
     return out
 
 
-def run(out_dir: Path, overrides: list[str], callback: Callable[..., None]) -> dict[str, Any]:
+def run(out_dir: Path, overrides: list[str], callback: Callback) -> dict[str, Any]:
     """Diffusion-annealed SMC on Gaussian mixtures: denoising kernels x perfect/learned models.
 
     Runs the preset's blocks, writes the tables and figures, returns headline numbers."""
@@ -204,7 +205,7 @@ def run(out_dir: Path, overrides: list[str], callback: Callable[..., None]) -> d
     return headline(summary, preset, time.perf_counter() - started, len(rows))
 
 
-def _run_block(cfg: Config, out_dir: Path, callback: Callable[..., None],
+def _run_block(cfg: Config, out_dir: Path, callback: Callback,
                rows: list[dict[str, Any]], learned_rows: list[dict[str, Any]],
                traces: dict[tuple, list[float]]) -> None:
     """All runs of one block, appended to rows / learned_rows / traces (and results.csv)."""

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from boltzkit.core import config as configs
+from boltzkit.core.callback import Callback
 from boltzkit.mc import estimators
 from boltzkit.models.flows import ConditionalFlow, dtype_of
 from boltzkit.samplers import trade
@@ -102,7 +103,7 @@ def trade_config(settings: Settings, method: str, **problem: Any) -> trade.Confi
 
 
 def train_methods(settings: Settings, family: Family, data: trade.Data, problem: dict[str, Any],
-                  callback: Callable[..., None], context_dim: int = 0
+                  callback: Callback, context_dim: int = 0
                   ) -> dict[str, tuple[ConditionalFlow, dict[str, Any]]]:
     """One flow per method, each from the same seed and data."""
     out = {}
@@ -222,7 +223,7 @@ def gmm_kl(flow: ConditionalFlow, reference: tuple[Tensor, Tensor, Tensor],
     return float(est.mean), float(est.se)
 
 
-def run_gmm(out_dir: Path, overrides: list[str], callback: Callable[..., None]
+def run_gmm(out_dir: Path, overrides: list[str], callback: Callback
             ) -> dict[str, Any]:
     """TRADE vs baselines on tempered-gmm-2d (data at T = 1 only, T in [0.162, 6.16])."""
     out_dir, settings, record = begin_run(out_dir, overrides, "trade-gmm")
@@ -272,7 +273,7 @@ def _density_figure(path: Path, target: Any, flows: dict[str, Any],
 
 
 # ---- multi-well-5d --------------------------------------------------------------------------
-def run_multi_well(out_dir: Path, overrides: list[str], callback: Callable[..., None]
+def run_multi_well(out_dir: Path, overrides: list[str], callback: Callback
                    ) -> dict[str, Any]:
     """TRADE vs baselines on multi-well-5d (data at T = 1, T in [0.5, 1]); KL(p_T || q_T) from
     exact samples with the exact log Z, and ESS/N, at T = 0.5 and 1."""

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from boltzkit.core.callback import Callback
 from boltzkit.experiments import trade_exps as tx
 from boltzkit.mc import estimators
 from boltzkit.mc.mcmc import HMC
@@ -88,7 +88,7 @@ def bootstrap(groups: Tensor, log_w: Tensor | None, target: Phi4, n_boot: int = 
     return {k: (v, float(torch.tensor([r[k] for r in reps]).std())) for k, v in est.items()}
 
 
-def phi4_experiment(out_dir: Path, overrides: list[str], callback: Callable[..., None]
+def phi4_experiment(out_dir: Path, overrides: list[str], callback: Callback
                     ) -> dict[str, Any]:
     """One flow over kappa in [0.22, 0.32] from HMC data at kappa = 0.25 and 0.29."""
     items = list(overrides) + ([] if any(o.startswith("methods=") for o in overrides)
@@ -183,7 +183,7 @@ def calibration(flow: ConditionalFlow, ref: tuple[Tensor, Tensor, Tensor], beta:
     return ((rank[None, :] <= levels[:, None]).double() * w).sum(1)
 
 
-def two_moons_experiment(out_dir: Path, overrides: list[str], callback: Callable[..., None]
+def two_moons_experiment(out_dir: Path, overrides: list[str], callback: Callback
                          ) -> dict[str, Any]:
     """TRADE vs the beta = 1 flow (latent scaling) on tempered two-moons posteriors."""
     items = list(overrides) + ([] if any(o.startswith("methods=") for o in overrides)

@@ -17,10 +17,11 @@ points (the CLI, experiments) seed.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
+from boltzkit.core.callback import Callback, null_callback
 from boltzkit.core.registry import Registry
 
 
@@ -37,20 +38,6 @@ class SampleResult(NamedTuple):
     log_Z: float | None
     diagnostics: dict[str, Any]
     counts: dict[str, int]
-
-
-class Callback(Protocol):
-    """Progress/logging hook attached by the CLI; library code never logs by itself.
-
-    Events: "start" (total: int, unit: str, description: str), "advance" (n: int, plus any
-    scalars to show), "log" (message: str), "end".
-    """
-
-    def __call__(self, event: str, **info: Any) -> None: ...
-
-
-def null_callback(event: str, **info: Any) -> None:
-    """The default callback: does nothing."""
 
 
 # name -> module; each module follows the convention in this docstring.
@@ -74,3 +61,6 @@ def names() -> list[str]:
 def module(name: str) -> ModuleType:
     """The module implementing sampler `name`; an unknown name raises `UnknownName`."""
     return REGISTRY.get(name)
+
+
+__all__ = ["REGISTRY", "Callback", "SampleResult", "module", "names", "null_callback"]
