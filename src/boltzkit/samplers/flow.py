@@ -61,7 +61,9 @@ def train(
     """Trains `flow` (at c = 1) by forward KL on `data`, reverse KL on `target`, or both.
 
     Stops after `config.n_steps` steps or before the evaluations spent in this call (plus those
-    of a resumed checkpoint) would exceed `budget - reserve`.
+    of a resumed checkpoint) would exceed `budget - reserve`. Checkpoints
+    (`boltzkit.samplers.run`) every `checkpoint_every` steps and at the end; a resumed run
+    continues bit for bit.
     Returns the training record: history (step, loss, n_energy), n_nonfinite, stopped_by_budget.
     """
     if config.objective != "reverse" and data is None:
