@@ -33,7 +33,7 @@ from boltzkit.models.flow_objectives import (
 )
 from boltzkit.models.flows import ConditionalFlow, FlowArchitecture, dtype_of, make_flow
 from boltzkit.samplers import Callback, SampleResult, null_callback
-from boltzkit.samplers.run import load_checkpoint, restore_counts, save_checkpoint, spent_since
+from boltzkit.samplers.run import Run, require_weights
 from boltzkit.targets.base import Target
 
 
@@ -62,37 +62,26 @@ def train(
     """Trains `flow` (at c = 1) by forward KL on `data`, reverse KL on `target`, or both.
 
     Stops after `config.n_steps` steps or before the evaluations spent in this call (plus those
-    of a resumed checkpoint) would exceed `budget - reserve`.
+    of a resumed checkpoint) would exceed `budget - reserve`. Checkpoints
+    (`boltzkit.samplers.run`) every `checkpoint_every` steps and at the end; a resumed run
+    continues bit for bit.
     Returns the training record: history (step, loss, n_energy), n_nonfinite, stopped_by_budget.
     """
     if config.objective != "reverse" and data is None:
         raise UsageError(f"objective {config.objective!r} needs samples (data)")
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr)
     record: dict[str, Any] = {"history": [], "n_nonfinite": 0, "stopped_by_budget": False}
-    step = 0
-    start = target.counter.as_dict()
-    ckpt = load_checkpoint(run_dir, resume)
+    run = Run(target, budget=budget, reserve=reserve, run_dir=run_dir,
+              checkpoint_every=config.checkpoint_every, callback=callback)
+    step, ckpt = 0, run.load(resume)
     if ckpt is not None:
         flow.load_state_dict(ckpt["flow"])
         opt.load_state_dict(ckpt["opt"])
         step, record = ckpt["step"], ckpt["record"]
-        restore_counts(target, ckpt["spent"])
-    callback("start", total=config.n_steps, unit="step", description="flow BG")
-    while step < config.n_steps:
-        spent = target.counter.n_energy - start["n_energy"]
-        cost = config.batch_size if config.objective != "forward" else 0
-        if budget is not None and spent + cost + reserve > budget:
-            record["stopped_by_budget"] = True
-            break
-        loss = torch.zeros((), dtype=dtype_of(flow))
-        if config.objective in ("reverse", "both"):
-            rkl, n_bad = reverse_kl_loss(flow, target, config.batch_size)
-            record["n_nonfinite"] += n_bad
-            loss = loss + rkl
-        if config.objective in ("forward", "both"):
-            idx = torch.randint(len(data), (config.batch_size,))
-            weight = config.forward_weight if config.objective == "both" else 1.0
-            loss = loss + weight * forward_kl_loss(flow, data[idx].to(dtype_of(flow)))
+    run.start(total=config.n_steps, unit="step", description="flow BG")
+    cost = config.batch_size if config.objective != "forward" else 0
+    while step < config.n_steps and not run.stop_before(cost):
+        loss = _step_loss(flow, target, config, data, record)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
@@ -100,16 +89,34 @@ def train(
         step += 1
         if step % config.log_every == 0 or step == config.n_steps:
             record["history"].append(
-                {"step": step, "loss": loss.item(),
-                 "n_energy": target.counter.n_energy - start["n_energy"]})
-        callback("advance", n=1, loss=loss.item())
-        if step % config.checkpoint_every == 0:
-            save_checkpoint(run_dir, {"flow": flow.state_dict(), "opt": opt.state_dict(),
-                                      "step": step, "record": record,
-                                      "spent": spent_since(target, start)})
-    record["n_steps"] = step
-    callback("end")
+                {"step": step, "loss": loss.item(), "n_energy": run.spent["n_energy"]})
+        run.advance(1, loss=loss.item())
+        if run.due(step):
+            run.save(_state(flow, opt, step, record))
+    record["n_steps"], record["stopped_by_budget"] = step, run.stopped_by_budget
+    run.save(_state(flow, opt, step, record))
+    run.end()
     return record
+
+
+def _step_loss(flow: ConditionalFlow, target: Target, config: Config, data: Tensor | None,
+               record: dict[str, Any]) -> Tensor:
+    """The training loss of one step (reverse KL on a fresh batch, forward KL on data)."""
+    loss = torch.zeros((), dtype=dtype_of(flow))
+    if config.objective in ("reverse", "both"):
+        rkl, n_bad = reverse_kl_loss(flow, target, config.batch_size)
+        record["n_nonfinite"] += n_bad
+        loss = loss + rkl
+    if config.objective in ("forward", "both"):
+        idx = torch.randint(len(data), (config.batch_size,))
+        weight = config.forward_weight if config.objective == "both" else 1.0
+        loss = loss + weight * forward_kl_loss(flow, data[idx].to(dtype_of(flow)))
+    return loss
+
+
+def _state(flow: ConditionalFlow, opt: torch.optim.Optimizer, step: int,
+           record: dict[str, Any]) -> dict[str, Any]:
+    return {"flow": flow.state_dict(), "opt": opt.state_dict(), "step": step, "record": record}
 
 
 def sample(
@@ -120,9 +127,7 @@ def sample(
 
     Forward KL draws `config.n_data` exact samples from the target (an error if it has none).
     """
-    if budget is not None and budget < n_samples:
-        raise UsageError(f"budget {budget} is smaller than n_samples {n_samples}: weighting the "
-                         "returned samples alone costs n_samples energy evaluations")
+    require_weights(budget, n_samples)
     dtype = getattr(torch, config.dtype)
     data = None
     if config.objective != "reverse":
@@ -131,12 +136,11 @@ def sample(
                              f"{target.name!r} lacks; call `train` with data instead")
         data = target.sample(config.n_data).to(dtype)
     flow = make_flow(config.flow_config(target.dim, conditional=False), data).to(dtype)
-    start = dict(target.counter.as_dict())
+    whole = Run(target, budget=budget)  # counts of training and weighting together
     record = train(flow, target, config, data, budget=budget, reserve=n_samples,
                    callback=callback, run_dir=run_dir, resume=resume)
     x, log_w, n_bad = reweight(flow, target, n_samples)
     summary = summarise_weights(log_w)
     diagnostics = {**record, **summary, "n_nonfinite_weights": n_bad,
                    "ess_convention": "Kish, exp(2 LSE(log w) - LSE(2 log w))"}
-    counts = {k: v - start[k] for k, v in target.counter.as_dict().items()}
-    return SampleResult(x, log_w, summary["log_Z"], diagnostics, counts)
+    return SampleResult(x, log_w, summary["log_Z"], diagnostics, whole.spent)

@@ -24,9 +24,9 @@ Initial state: x0 `[n_chains, dim]` or `[n_temps, n_chains, dim]` if given, else
 init_scale * N(0, I) per coordinate (projected onto the centre-of-mass-free subspace for
 particle systems), then `init_relax_steps` capped uphill steps (`boltzkit.mc.mcmc.relax`, counted
 in the budget) that pull overlapping particles apart. With `run_dir`, the state is
-checkpointed every `checkpoint_every` steps (default: every tenth of the run) and `resume=True`
-continues from it; the resumed run is statistically, not bitwise, equivalent (the global RNG is
-the caller's to seed).
+checkpointed (`boltzkit.samplers.run`) every `checkpoint_every` steps (default: every tenth of the
+run; 0: never) and at the end, and `resume=True` continues from it; with the same budget the
+resumed run is bit for bit the one that was not interrupted (the checkpoint holds the RNG state).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from boltzkit.core.errors import UnknownName, UsageError
 from boltzkit.mc.mcmc import MCMCState, kernel_from_name, relax
 from boltzkit.mc.tempering import ParallelTempering, PTInfo, PTState, geometric_ladder
 from boltzkit.samplers import Callback, SampleResult, null_callback
+from boltzkit.samplers.run import Run, require
 
 CHECKPOINT = "mcmc_checkpoint.pt"
 KernelName = Literal["rwmh", "mala", "hmc"]
@@ -67,7 +68,7 @@ class ChainsConfig:
     init_relax_max_move: float = 0.02
     dtype: Literal["float32", "float64"] = "float64"
     device: str = "cpu"
-    checkpoint_every: int = 0  # steps; 0 = every tenth of the run (with run_dir only)
+    checkpoint_every: int | None = None  # steps; None: every tenth of the run; 0: never
 
 
 @dataclass(frozen=True)
@@ -168,56 +169,49 @@ def sample(
     pt = build(config)
     n_walkers = pt.n_temps * config.n_chains
     step_cost = n_walkers * pt.kernel.evals_per_step
-    counts0 = dict(target.counter.as_dict())
-    ckpt = _load(run_dir) if resume else None
-    spent_before = ckpt["counts"] if ckpt else {k: 0 for k in counts0}
-    budget_left = None if budget is None else budget - spent_before["n_energy"]
+    run = Run(target, budget=budget, run_dir=run_dir, checkpoint_name=CHECKPOINT,
+              callback=callback)
+    ckpt = run.load(resume)
     if ckpt is None:
-        init_cost = n_walkers * (1 + config.init_relax_steps)
-        if budget_left is not None and budget_left < init_cost + step_cost:
-            raise UsageError(f"budget {budget} does not pay for the start and one step of "
-                             f"{n_walkers} walkers ({init_cost + step_cost} energy evaluations)")
-        pt, state, run = _start(pt, target, config, x0)
+        require(budget, n_walkers * (1 + config.init_relax_steps) + step_cost,
+                f"the start and one step of {n_walkers} walkers")
+        pt, state, rec = _start(pt, target, config, x0)
     else:
-        pt, state, run = _restore(pt, ckpt, config)
-    remaining = None if budget_left is None else (
-        budget_left - (target.counter.n_energy - counts0["n_energy"]))
-    n_steps = _n_steps(config, n_samples, remaining, run.t, step_cost)
-    if run.n_burn is None:  # a resumed run keeps its burn-in: adaptation never restarts
-        run.n_burn = int(config.burn_in * n_steps)
-    n_burn = run.n_burn
+        pt, state, rec = _restore(pt, ckpt, config)
+    n_steps = _n_steps(config, n_samples, run.remaining, rec.t, step_cost)
+    if rec.n_burn is None:  # a resumed run keeps its burn-in: adaptation never restarts
+        rec.n_burn = int(config.burn_in * n_steps)
+    n_burn = rec.n_burn
     times = _keep_times(n_steps, n_burn, math.ceil(n_samples / config.n_chains), config.thinning)
-    every = config.checkpoint_every or max(1, n_steps // 10)
-    run.trace_every = max(1, n_steps // 200)
-    callback("start", total=n_steps - run.t, unit="step",
-             description=f"{sampler_name(config)} on {getattr(target, 'name', 'target')}")
-    report_every, reported = max(1, n_steps // 100), run.t
-    stopped_early = False
-    while run.t < n_steps:
-        spent = target.counter.n_energy - counts0["n_energy"]
-        if budget_left is not None and spent + step_cost > budget_left:
-            stopped_early = True  # the counter is shared and something else spent from it
-            break
+    run.checkpoint_every = (max(1, n_steps // 10) if config.checkpoint_every is None
+                            else config.checkpoint_every)
+    rec.trace_every = max(1, n_steps // 200)
+    run.start(total=n_steps - rec.t, unit="step",
+              description=f"{sampler_name(config)} on {getattr(target, 'name', 'target')}")
+    report_every, reported = max(1, n_steps // 100), rec.t
+    while rec.t < n_steps and not run.stop_before(step_cost):
         state, info = pt.step(state, target)
-        pt, state = run.record(pt, state, info, config, burning=run.t < n_burn)
-        if run.t in times:
-            run.kept[run.t] = state.chains.x[0].detach().clone()
-        run.t += 1
-        if run.t - reported >= report_every or run.t == n_steps:
-            callback("advance", n=run.t - reported, accept=run.last_accept)
-            reported = run.t
-        if run_dir is not None and (run.t % every == 0 or run.t == n_steps):
-            _save(run_dir, pt, state, run, _counts(target, counts0, spent_before), config)
-    callback("end")
-    samples = _select(run.kept, n_samples)
-    diagnostics = run.summary(pt)
+        pt, state = rec.record(pt, state, info, config, burning=rec.t < n_burn)
+        if rec.t in times:
+            rec.kept[rec.t] = state.chains.x[0].detach().clone()
+        rec.t += 1
+        if rec.t - reported >= report_every or rec.t == n_steps:
+            run.advance(rec.t - reported, accept=rec.last_accept)
+            reported = rec.t
+        if run.due(rec.t):
+            run.save(_state(pt, state, rec, config))
+    run.save(_state(pt, state, rec, config))
+    run.end()
+    samples = _select(rec.kept, n_samples)
+    diagnostics = rec.summary(pt)
     diagnostics.update(
-        sampler=sampler_name(config), n_steps=run.t, n_burn_in_steps=n_burn,
+        sampler=sampler_name(config), n_steps=rec.t, n_burn_in_steps=n_burn,
         n_chains=config.n_chains, n_collected=int(samples.shape[0]),
-        stopped_by_budget=budget is not None, stopped_early=stopped_early,
+        # the steps are sized to the budget; stopped early: something else spent from the
+        # (shared) counter
+        stopped_by_budget=budget is not None, stopped_early=run.stopped_by_budget,
         wall_s=time.perf_counter() - started)
-    counts = _counts(target, counts0, spent_before)
-    return SampleResult(samples, None, None, diagnostics, counts)
+    return SampleResult(samples, None, None, diagnostics, run.spent)
 
 
 def _validate(config: ChainsConfig) -> None:
@@ -231,15 +225,15 @@ def _validate(config: ChainsConfig) -> None:
 
 
 def _start(pt: ParallelTempering, target: Any, config: ChainsConfig, x0: Tensor | None
-           ) -> tuple[ParallelTempering, PTState, _Run]:
+           ) -> tuple[ParallelTempering, PTState, _Record]:
     x = _initial_x(target, config, pt.n_temps, x0)
     x = relax(x, target, config.init_relax_steps, config.init_relax_max_move)
-    return pt, pt.init(x, target), _Run(pt.n_temps)
+    return pt, pt.init(x, target), _Record(pt.n_temps)
 
 
 # ---- the run's bookkeeping -------------------------------------------------------------
 @dataclass
-class _Run:
+class _Record:
     """Mutable per-run accumulators (never handed to a caller)."""
 
     n_temps: int
@@ -353,38 +347,23 @@ def _initial_x(target: Any, config: ChainsConfig, n_temps: int, x0: Tensor | Non
     return target.remove_com(x)
 
 
-def _counts(target: Any, counts0: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {k: v - counts0[k] + before.get(k, 0) for k, v in target.counter.as_dict().items()}
-
-
 # ---- checkpoints ------------------------------------------------------------------------
-def _save(run_dir: Path, pt: ParallelTempering, state: PTState, run: _Run,
-          counts: dict[str, int], config: ChainsConfig) -> None:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"config": dataclasses.asdict(config), "temperatures": pt.temperatures,
-               "step_size": pt.kernel.step_size, "chains": state.chains._asdict(),
-               "n_steps": state.n_steps, "run": dataclasses.asdict(run), "counts": counts}
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(run_dir / CHECKPOINT)
-
-
-def _load(run_dir: Path | None) -> dict[str, Any] | None:
-    if run_dir is None or not (Path(run_dir) / CHECKPOINT).exists():
-        return None
-    return torch.load(Path(run_dir) / CHECKPOINT, weights_only=False)
+def _state(pt: ParallelTempering, state: PTState, rec: _Record, config: ChainsConfig
+           ) -> dict[str, Any]:
+    return {"config": dataclasses.asdict(config), "temperatures": pt.temperatures,
+            "step_size": pt.kernel.step_size, "chains": state.chains._asdict(),
+            "n_steps": state.n_steps, "record": dataclasses.asdict(rec)}
 
 
 def _restore(pt: ParallelTempering, ckpt: dict[str, Any], config: ChainsConfig
-             ) -> tuple[ParallelTempering, PTState, _Run]:
+             ) -> tuple[ParallelTempering, PTState, _Record]:
     if ckpt["config"] != dataclasses.asdict(config):
         raise UsageError("the checkpoint was written with a different config; resume with the "
                          f"recorded one: {ckpt['config']}")
     kernel = dataclasses.replace(pt.kernel, step_size=ckpt["step_size"])
     pt = ParallelTempering(kernel, tuple(ckpt["temperatures"]))
     state = PTState(MCMCState(**ckpt["chains"]), ckpt["n_steps"])
-    return pt, state, _Run(**ckpt["run"])
+    return pt, state, _Record(**ckpt["record"])
 
 
 __all__ = ["CONFIGS", "ChainsConfig", "Config", "HMCConfig", "MALAConfig",

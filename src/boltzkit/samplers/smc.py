@@ -30,6 +30,7 @@ from boltzkit.mc.paths import Gaussian, GeometricPath
 from boltzkit.mc.resampling import RESAMPLERS
 from boltzkit.mc.smc import AdaptiveSchedule, MCMCMove, Resampling, smc
 from boltzkit.samplers import Callback, SampleResult, null_callback
+from boltzkit.samplers.run import spent_since
 
 
 @dataclass(frozen=True)
@@ -97,5 +98,5 @@ def sample(
         "step_size": d.step_size.tolist(), "stopped_by_budget": d.stopped_by_budget,
         "resumed": False, "wall_s": time.perf_counter() - started, "n_particles": n,
     }
-    counts = {k: v - counts0[k] for k, v in target.counter.as_dict().items()}
-    return SampleResult(samples, log_w, float(res.log_Z), diagnostics, counts)
+    return SampleResult(samples, log_w, float(res.log_Z), diagnostics,
+                        spent_since(target, counts0))

@@ -44,7 +44,8 @@ from boltzkit.samplers.idem.core import (
     mc_score,
     reverse_sde,
 )
-from boltzkit.samplers.idem.run import Checkpointer, CountingEvaluator, OutOfBudget
+from boltzkit.samplers.idem.run import CHECKPOINT, CountingEvaluator, OutOfBudget
+from boltzkit.samplers.run import Run
 from boltzkit.targets.base import Target
 
 
@@ -143,7 +144,8 @@ def sample(target: Target, config: Config, *, n_samples: int, budget: int | None
         budget: maximum number of target energy evaluations (configurations); training stops
             before a step would exceed it. None: no limit.
         callback: progress hook ("start", "advance", "log", "end").
-        run_dir: directory for checkpoints (every `checkpoint_every` outer iterations).
+        run_dir: directory for checkpoints (every `checkpoint_every` outer iterations, and at
+            the end; 0: none).
         resume: continue from the checkpoint in `run_dir` (network, optimizer, buffer, RNG state,
             evaluation counts, traces).
 
@@ -151,35 +153,35 @@ def sample(target: Target, config: Config, *, n_samples: int, budget: int | None
         SampleResult with equally weighted samples (log_w None, log_Z None) in the target's
         coordinates, diagnostics (losses, time split, stopped_by_budget) and counts.
     """
-    run = _Training(target, config, budget, run_dir)
+    training = _Training(target, config, budget, run_dir, callback=callback)
+    run = training.run
     if resume:
-        run.restore()
-    callback("start", total=config.n_outer, unit="iteration", description="iDEM")
+        training.restore()
+    run.start(total=config.n_outer, unit="iteration", description="iDEM")
     try:
-        if run.iteration == 0 and len(run.buffer.data) == 0:
-            run.fill_initial_buffer()
-        while run.iteration < config.n_outer:
-            loss = run.outer_iteration()
-            callback("advance", n=1, loss=loss, n_energy=run.evaluate.spent["n_energy"])
-            if run.iteration % config.checkpoint_every == 0:
-                run.save()
+        if training.iteration == 0 and len(training.buffer.data) == 0:
+            training.fill_initial_buffer()
+        while training.iteration < config.n_outer:
+            loss = training.outer_iteration()
+            run.advance(1, loss=loss, n_energy=run.spent["n_energy"])
+            if run.due(training.iteration):
+                training.save()
     except OutOfBudget:
-        run.stopped_by_budget = True
         step = config.batch_size * config.n_mc
-        callback("log", message=f"iDEM: budget of {budget:,} evaluations reached at outer "
-                                f"iteration {run.iteration} (one inner step costs {step:,}, an "
-                                f"outer iteration {step * config.n_inner:,})")
-        run.save()
-    samples = run.generate(n_samples) * config.scale
-    callback("end")
-    return SampleResult(samples.detach(), None, None, run.diagnostics(),
-                        dict(run.evaluate.spent))
+        run.log(f"iDEM: budget of {budget:,} evaluations reached at outer iteration "
+                f"{training.iteration} (one inner step costs {step:,}, an outer iteration "
+                f"{step * config.n_inner:,})")
+    training.save()
+    samples = training.generate(n_samples) * config.scale
+    run.end()
+    return SampleResult(samples.detach(), None, None, training.diagnostics(), run.spent)
 
 
 class _Training:
     """The mutable state of one iDEM run (network, optimizer, buffer, counters, traces)."""
 
-    def __init__(self, target: Target, config: Config, budget: int | None, run_dir: Any) -> None:
+    def __init__(self, target: Target, config: Config, budget: int | None, run_dir: Any, *,
+                 callback: Callback = null_callback) -> None:
         self.config, self.target = config, target
         self.dtype = getattr(torch, config.dtype)
         self.particles = (Particles(target.n_particles, target.spatial_dim)
@@ -190,10 +192,11 @@ class _Training:
         self.ema = copy.deepcopy(self.net) if config.ema_decay is not None else None
         self.buffer: FifoBuffer = buffer_init(target.dim, config.buffer_size,
                                               torch.empty(0, dtype=self.dtype))
-        self.evaluate = CountingEvaluator(target, config.scale, budget)
-        self.checkpointer = Checkpointer(run_dir) if run_dir is not None else None
+        self.run = Run(target, budget=budget, run_dir=run_dir,
+                       checkpoint_every=config.checkpoint_every, checkpoint_name=CHECKPOINT,
+                       callback=callback)
+        self.evaluate = CountingEvaluator(self.run, config.scale)
         self.iteration = 0
-        self.stopped_by_budget = False
         self.resumed_from: int | None = None
         self.started = time.perf_counter()
         self.wall_before = 0.0  # wall seconds of the earlier processes of a resumed run
@@ -220,7 +223,7 @@ class _Training:
 
     def inner_step(self) -> tuple[float, float]:
         c = self.config
-        self.evaluate.check(c.batch_size * c.n_mc)
+        self.run.check(c.batch_size * c.n_mc)
         x0 = (self.prior(c.batch_size) if c.training_points == "prior"
               else buffer_sample(self.buffer, c.batch_size))
         t = torch.rand(c.batch_size, dtype=self.dtype)
@@ -297,7 +300,7 @@ class _Training:
         c = self.config
 
         def score(x: Tensor, t: float) -> Tensor:
-            self.evaluate.check(len(x) * c.n_mc)
+            self.run.check(len(x) * c.n_mc)
             est = mc_score(self.evaluate, x, self.schedule.sigma(t).to(x), c.n_mc,
                            particles=self.particles, max_elements=c.max_elements)
             return self.clip(est.score)
@@ -315,7 +318,7 @@ class _Training:
 
     def diagnostics(self) -> dict[str, Any]:
         return {
-            "stopped_by_budget": self.stopped_by_budget,
+            "stopped_by_budget": self.run.stopped_by_budget,
             "outer_iterations": self.iteration,
             "resumed_from": self.resumed_from,
             "wall_seconds": self.wall_seconds(),
@@ -327,22 +330,20 @@ class _Training:
         }
 
     def save(self) -> None:
-        if self.checkpointer is None:
-            return
-        self.checkpointer.save({
+        """Checkpoints the run (`Run.save` adds the counts and the RNG states)."""
+        self.run.save({
             "iteration": self.iteration, "net": self.net.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(), "buffer": self.buffer.data,
-            "spent": dict(self.evaluate.spent), "traces": self.traces,
-            "seconds": self.seconds, "stopped_by_budget": self.stopped_by_budget,
+            "traces": self.traces, "seconds": self.seconds,
+            "stopped_by_budget": self.run.stopped_by_budget,
             "wall_seconds": self.wall_seconds(),
             "config": dataclasses.asdict(self.config),
         })
 
     def restore(self) -> None:
-        if self.checkpointer is None:
-            raise UsageError("resume=True needs a run_dir")
-        state = self.checkpointer.load()
+        """Continues from the checkpoint in run_dir, if any (counts and RNG restored too)."""
+        state = self.run.load(resume=True)
         if state is None:
             return
         self.net.load_state_dict(state["net"])
@@ -350,7 +351,6 @@ class _Training:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.buffer = FifoBuffer(state["buffer"].to(self.dtype), self.config.buffer_size)
-        self.evaluate.restore(state["spent"])
         self.iteration = self.resumed_from = state["iteration"]
         self.traces, self.seconds = state["traces"], state["seconds"]
         self.wall_before = state.get("wall_seconds", sum(self.seconds.values()))

@@ -213,13 +213,6 @@ def step_cost(config: Config, step: int) -> int:
     return cost
 
 
-def check_budget(budget: int | None, n_samples: int) -> None:
-    """The final importance weights cost n_samples evaluations: a smaller budget is an error."""
-    if budget is not None and budget < n_samples:
-        raise UsageError(f"budget {budget} is smaller than n_samples {n_samples}: weighting the "
-                         "returned samples alone costs n_samples energy evaluations")
-
-
 def train(
     flow: ConditionalFlow, family: Family, config: Config, data: Data | None = None, *,
     budget: int | None = None, reserve: int = 0, callback: Callback = null_callback,
@@ -228,7 +221,8 @@ def train(
     """Trains `flow` with `config.method`; stops after n_steps or when the target evaluations
     would exceed `budget - reserve`. Returns the record (history, n_nonfinite, last SNIS ESS/N,
     stopped_by_budget, seconds). The check before each step uses the larger of the previous
-    step's cost and `step_cost`."""
+    step's cost and `step_cost`. Checkpoints (`boltzkit.samplers.run`) every
+    `checkpoint_every` steps and at the end; a resumed run continues bit for bit."""
     needs_data = config.method != "reverse_kl" and config.boundary == "nll"
     if needs_data and data is None:
         raise UsageError(f"method {config.method!r} with boundary 'nll' needs data")
@@ -238,44 +232,44 @@ def train(
     ema = GridEMA(config) if config.method == "trade" and config.expectation == "ema" else None
     record: dict[str, Any] = {"history": [], "n_nonfinite": 0, "stopped_by_budget": False,
                               "seconds": 0.0}
-    step, counter, target = 0, family.target.counter, family.target
-    start = counter.as_dict()
-    ckpt = skeleton.load_checkpoint(run_dir, resume)
+    run = skeleton.Run(family.target, budget=budget, reserve=reserve, run_dir=run_dir,
+                       checkpoint_every=config.checkpoint_every, callback=callback)
+    step, ckpt = 0, run.load(resume)
     if ckpt is not None:
         flow.load_state_dict(ckpt["flow"])
         opt.load_state_dict(ckpt["opt"])
         step, record = ckpt["step"], ckpt["record"]
-        skeleton.restore_counts(target, ckpt["spent"])
         if ema is not None and ckpt.get("ema") is not None:
-            ema.values, ema.started = ckpt["ema"], True
-    callback("start", total=config.n_steps, unit="step", description=f"TRADE ({config.method})")
+            ema.values, ema.ess_fraction, ema.started = ckpt["ema"], ckpt["ema_ess"], True
+    run.start(total=config.n_steps, unit="step", description=f"TRADE ({config.method})")
     last_cost, t0, clock = 0, time.perf_counter(), time.perf_counter
-    while step < config.n_steps:
-        spent = counter.n_energy - start["n_energy"]
-        cost = max(last_cost, step_cost(config, step))
-        if budget is not None and spent + cost + reserve > budget:
-            record["stopped_by_budget"] = True
-            break
-        before = counter.n_energy
+    while step < config.n_steps and not run.stop_before(max(last_cost, step_cost(config, step))):
+        before = run.spent["n_energy"]
         loss = step_loss(flow, family, config, data, ema, step, record)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
         opt.step()
-        step, last_cost = step + 1, counter.n_energy - before
+        step, last_cost = step + 1, run.spent["n_energy"] - before
         if step % config.log_every == 0 or step == config.n_steps:
             record["history"].append({"step": step, "loss": loss.item(),
-                                      "n_energy": counter.n_energy - start["n_energy"],
+                                      "n_energy": run.spent["n_energy"],
                                       "seconds": clock() - t0})
-        callback("advance", n=1, loss=loss.item())
-        if step % config.checkpoint_every == 0:
-            skeleton.save_checkpoint(run_dir, {
-                "flow": flow.state_dict(), "opt": opt.state_dict(), "step": step,
-                "record": record, "ema": None if ema is None else ema.values,
-                "spent": skeleton.spent_since(target, start)})
+        run.advance(1, loss=loss.item())
+        if run.due(step):
+            run.save(_state(flow, opt, ema, step, record))
     record["n_steps"], record["seconds"] = step, record["seconds"] + clock() - t0
-    callback("end")
+    record["stopped_by_budget"] = run.stopped_by_budget
+    run.save(_state(flow, opt, ema, step, record))
+    run.end()
     return record
+
+
+def _state(flow: ConditionalFlow, opt: torch.optim.Optimizer, ema: GridEMA | None, step: int,
+           record: dict[str, Any]) -> dict[str, Any]:
+    return {"flow": flow.state_dict(), "opt": opt.state_dict(), "step": step, "record": record,
+            "ema": None if ema is None else ema.values,
+            "ema_ess": None if ema is None else ema.ess_fraction}
 
 
 def build_flow(config: Config, dim: int, data: Tensor | None = None,
@@ -308,7 +302,7 @@ def sample(
     """Trains TRADE (or a baseline) on `target` over [c_min, c_max] and returns n_samples flow
     samples at c_sample (default c0) with IS log weights. NLL boundaries draw `n_data` exact
     samples at c0 (an error where the target has none: call `train` with data instead)."""
-    check_budget(budget, n_samples)
+    skeleton.require_weights(budget, n_samples)
     family = Family(target, config.parameter)
     dtype = getattr(torch, config.dtype)
     data = None
@@ -319,7 +313,7 @@ def sample(
                              "call trade.train with data (e.g. from boltzkit.mc.mcmc)")
         data = Data(at_c0.sample(config.n_data).to(dtype), config.c0)
     flow = build_flow(config, target.dim, None if data is None else data.x)
-    start = dict(target.counter.as_dict())
+    whole = skeleton.Run(target, budget=budget)  # counts of training and weighting together
     record = train(flow, family, config, data, budget=budget, reserve=n_samples,
                    callback=callback, run_dir=run_dir, resume=resume)
     c_s = config.c0 if config.c_sample is None else config.c_sample
@@ -327,5 +321,4 @@ def sample(
     summary = flow_objectives.summarise_weights(log_w)
     diagnostics = {**record, **summary, "c": c_s, "n_nonfinite_weights": n_bad,
                    "ess_convention": "Kish, exp(2 LSE(log w) - LSE(2 log w))"}
-    counts = {k: v - start[k] for k, v in target.counter.as_dict().items()}
-    return SampleResult(x, log_w, summary["log_Z"], diagnostics, counts)
+    return SampleResult(x, log_w, summary["log_Z"], diagnostics, whole.spent)
