@@ -208,7 +208,14 @@ def sample_command(
     console.print(metrics_table(outcome.metrics, title))
     console.print(f"reference: {outcome.reference.source}"
                   + (f" ({outcome.reference.path})" if outcome.reference.path else ""))
-    console.print(f"run directory: [bold]{outcome.run_dir}[/]")
+    print_warnings(record.get("warnings") or [])
+    console.print(f"run directory: [bold]{outcome.run_dir}[/] (summary.md)")
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """The sanity check's warnings, one line each, after the metrics table."""
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 def _precheck(target: str | None, sampler: str | None, sets: list[str], preset: str | None,
@@ -232,6 +239,7 @@ def evaluate_command(
     except UsageError as err:
         raise fail(str(err)) from None
     console.print(metrics_table(metrics, f"metrics of {run_dir}"))
+    print_warnings(runner.rundir.read_record(run_dir).get("warnings") or [])
     console.print(f"written: {run_dir / runner.rundir.METRICS_FILE}")
 
 

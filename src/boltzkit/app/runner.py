@@ -23,9 +23,10 @@ import torch
 from torch import Tensor
 
 from boltzkit import samplers, targets
-from boltzkit.app import rundir
+from boltzkit.app import rundir, summary
 from boltzkit.core import config as configs
 from boltzkit.core.errors import UsageError
+from boltzkit.evaluate import sanity
 from boltzkit.samplers import Callback, SampleResult, null_callback
 from boltzkit.targets import Target
 
@@ -231,6 +232,9 @@ def _execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
     if log:
         log(f"sampled {tuple(result.samples.shape)} in {wall_s:.1f} s; counts {result.counts}")
     metrics = evaluate_run(run_dir, reference=reference, figures=figures)
+    if log:
+        for warning in rundir.read_record(run_dir).get("warnings") or []:
+            log(f"warning: {warning}")
     return RunOutcome(run_dir, result, metrics, reference, wall_s)
 
 
@@ -284,24 +288,37 @@ def evaluate_run(run_dir: str | Path, *, reference: Reference | None = None,
     metrics.update({f"count_{k}": v for k, v in counts.items()})
     metrics["reference_source"] = reference.source
     written = rundir.write_metrics(run_dir, metrics)
+    finite = x[torch.isfinite(x).all(dim=1)]
+    energies, ref_energies = _energies(target, finite, reference.samples)
+    warnings = sanity.warnings_for(written, energies, ref_energies, target.typical_energy_max)
+    rundir.update_record(run_dir, warnings=warnings)
     if figures:
-        draw_figures(run_dir, x[torch.isfinite(x).all(dim=1)], target, reference.samples)
+        draw_figures(run_dir, finite, target, reference.samples, energies, ref_energies)
+    summary.write(run_dir, {**record, "warnings": warnings}, written, _diagnostics(run_dir),
+                  warnings)
     return written
 
 
-def draw_figures(run_dir: Path, x: Tensor, target: Target, reference: Tensor | None) -> None:
-    from boltzkit.app import plots  # matplotlib only when figures are asked for
-
-    diagnostics = {}
-    diag_path = run_dir / rundir.DIAGNOSTICS_FILE
-    if diag_path.exists():
-        diagnostics = json.loads(diag_path.read_text()).get("diagnostics", {})
+def _energies(target: Target, x: Tensor, reference: Tensor | None
+              ) -> tuple[Tensor, Tensor | None]:
     with torch.no_grad():
         energies = target.energy(x.to(torch.float64))
-        ref_energies = None if reference is None else target.energy(reference)
-    plots.run_figures(run_dir, x, energies, reference=reference, reference_energies=ref_energies,
-                      n_particles=target.n_particles, spatial_dim=target.spatial_dim,
-                      diagnostics=diagnostics)
+        ref = None if reference is None else target.energy(reference.to(torch.float64))
+    return energies, ref
+
+
+def _diagnostics(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / rundir.DIAGNOSTICS_FILE
+    return json.loads(path.read_text()).get("diagnostics", {}) if path.exists() else {}
+
+
+def draw_figures(run_dir: Path, x: Tensor, target: Target, reference: Tensor | None,
+                 energies: Tensor, reference_energies: Tensor | None) -> None:
+    from boltzkit.app import plots  # matplotlib only when figures are asked for
+
+    plots.run_figures(run_dir, x, energies, reference=reference,
+                      reference_energies=reference_energies, n_particles=target.n_particles,
+                      spatial_dim=target.spatial_dim, diagnostics=_diagnostics(run_dir))
 
 
 # ---- internals ----------------------------------------------------------------------------
