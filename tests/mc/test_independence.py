@@ -7,6 +7,16 @@ import math
 
 import pytest
 import torch
+from tests.mc.test_mcmc import (
+    F64,
+    Gaussian2D,
+    Mixture2D,
+    Z,
+    features,
+    reversibility_z,
+    run_from_exact,
+    z_scores,
+)
 from torch import Tensor
 
 from boltzkit.mc.independence import Cycle, IndependenceMH
@@ -14,16 +24,6 @@ from boltzkit.mc.mcmc import MALA
 from boltzkit.mc.tempering import ParallelTempering, geometric_ladder
 from boltzkit.models.flow_objectives import FlowProposal
 from boltzkit.models.flows import FlowConfig, make_flow
-from tests.mc.test_mcmc import (
-    F64,
-    Z,
-    Gaussian2D,
-    Mixture2D,
-    features,
-    reversibility_z,
-    run_from_exact,
-    z_scores,
-)
 
 
 class GaussianProposal:
