@@ -10,13 +10,19 @@
     boltzkit experiment NAME [--set key=value ...] --out DIR
     boltzkit demo
 
-Bad names and keys exit with code 2 and a message listing the valid ones; no traceback.
+Bad names, keys and values exit with code 2 and a message listing the valid ones; a file or
+file system that fails (corrupt run files, a full disk, a read-only file system) exits with code 1
+and one line naming the path and the cause; no traceback. Ctrl-C (SIGINT) and SIGTERM stop a run
+cleanly, say where it stopped and how to resume it, and exit with 130 and 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +35,7 @@ from boltzkit import targets
 from boltzkit.app import runner
 from boltzkit.app.progress import LogFile, RichProgress
 from boltzkit.core import config as configs
+from boltzkit.core.files import describe_os_error
 
 app = typer.Typer(
     name="boltzkit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -44,6 +51,59 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Prints a clean error (no traceback) and returns the Exit to raise."""
     err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt for SIGINT."""
+
+
+@contextlib.contextmanager
+def clean_errors() -> Iterator[None]:
+    """Bad usage -> one line, exit 2; a failing file or file system -> one line naming the path
+    and the cause, exit 1. Anything else keeps its traceback (a bug)."""
+    try:
+        yield
+    except (runner.UsageError, runner.rundir.RunDirError) as err:
+        raise fail(str(err)) from None
+    except runner.EnvironmentProblem as err:
+        raise fail(str(err), code=1) from None
+    except OSError as err:
+        raise fail(describe_os_error(err), code=1) from None
+
+
+@contextlib.contextmanager
+def sigterm_as_exception() -> Iterator[None]:
+    """Turns SIGTERM into `Terminated` for the duration (the main thread only)."""
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside a test runner's worker thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Position:
+    """Wraps a progress callback and remembers where the run is (for an interrupted run)."""
+
+    def __init__(self, callback: Callable[..., None]) -> None:
+        self.callback, self.done, self.total, self.unit = callback, 0.0, None, ""
+
+    def __call__(self, event: str, **info: Any) -> None:
+        if event == "start":
+            self.done, self.total, self.unit = 0.0, info.get("total"), str(info.get("unit", ""))
+        elif event == "advance":
+            self.done += float(info.get("n", 1))
+        self.callback(event, **info)
+
+    def describe(self) -> str:
+        total = f" of {fmt(self.total)}" if self.total else ""
+        return f"{fmt(self.done)}{total} {self.unit}".strip()
 
 
 def fmt(value: Any) -> str:
@@ -130,12 +190,14 @@ def sample_command(
     sampler: Annotated[str | None, typer.Option(help="Sampler name.")] = None,
     budget: Annotated[int | None, typer.Option(
         help="Target energy evaluations (configurations) the sampler may spend.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for torch/numpy/random (recorded).")] = 0,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed for torch/numpy/random (recorded; default 0).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Run directory to create (default runs/TARGET-SAMPLER-TIME).")] = None,
     set_: SetOpt = None,
     preset: Annotated[str | None, typer.Option(help="Named sampler preset.")] = None,
-    n_samples: Annotated[int, typer.Option(help="Samples to return.")] = 1000,
+    n_samples: Annotated[int | None, typer.Option(
+        help="Samples to return (default 1000).")] = None,
     target_param: Annotated[list[str] | None, typer.Option(
         help="Target parameter key=value; repeatable.")] = None,
     resume: Annotated[Path | None, typer.Option(
@@ -154,26 +216,22 @@ def sample_command(
         out = Path("runs") / f"{target}-{sampler}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = resume if resume is not None else out
     assert run_dir is not None
-    try:
+    with clean_errors():
         # Check names before creating anything on disk.
         if resume is None:
             _precheck(target, sampler, set_ or [], preset, target_param or [])
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with LogFile(run_dir / "log.txt") as log, RichProgress(
-                err_console, log=log.write, enabled=not quiet) as callback:
-            if resume is not None:
-                outcome = runner.resume_run(resume, budget=budget, callback=callback,
-                                            log=log.write, command=command_line(ctx),
-                                            figures=figures)
-            else:
-                assert target is not None and sampler is not None and budget is not None
-                outcome = runner.run_sampler(
-                    target_name=target, sampler=sampler, budget=budget, seed=seed, out=out,
-                    sets=set_ or [], preset=preset, n_samples=n_samples,
-                    params=target_param or [], reference_path=reference, callback=callback,
-                    log=log.write, command=command_line(ctx), figures=figures)
-    except runner.UsageError as err:
-        raise fail(str(err)) from None
+            runner.rundir.prepare(run_dir)
+        else:
+            runner.rundir.prepare(run_dir, resume=True)
+        expect = {"target": target, "sampler": sampler, "preset": preset, "seed": seed,
+                  "sets": set_, "target_params": target_param,
+                  "n_samples": n_samples}
+        outcome = _run_logged(ctx, run_dir, resume, quiet, expect, dict(
+            target_name=target, sampler=sampler, budget=budget, seed=seed or 0, out=out,
+            sets=set_ or [], preset=preset,
+            n_samples=DEFAULT_N_SAMPLES if n_samples is None else n_samples,
+            params=target_param or [],
+            reference_path=reference, figures=figures))
     record = runner.rundir.read_record(outcome.run_dir)
     title = f"{record['target']} / {record['sampler']}: {int(outcome.metrics['n_samples'])} " \
             f"samples, budget {record['budget']:,} energy evals, {outcome.wall_s:.1f} s"
@@ -181,6 +239,43 @@ def sample_command(
     console.print(f"reference: {outcome.reference.source}"
                   + (f" ({outcome.reference.path})" if outcome.reference.path else ""))
     console.print(f"run directory: [bold]{outcome.run_dir}[/]")
+
+
+DEFAULT_N_SAMPLES = 1000
+
+
+def _run_logged(ctx: typer.Context, run_dir: Path, resume: Path | None, quiet: bool,
+                expect: dict[str, Any], kwargs: dict[str, Any]) -> runner.RunOutcome:
+    """The run (fresh or resumed) with its log and progress bars; SIGINT / SIGTERM stop it
+    cleanly with exit code 130 / 143 and say how to resume."""
+    with LogFile(run_dir / "log.txt") as log, RichProgress(
+            err_console, log=log.write, enabled=not quiet) as progress:
+        position = Position(progress)
+        try:
+            with sigterm_as_exception():
+                if resume is not None:
+                    return runner.resume_run(resume, budget=kwargs["budget"], callback=position,
+                                             log=log.write, command=command_line(ctx),
+                                             figures=kwargs["figures"], expect=expect)
+                return runner.run_sampler(callback=position, log=log.write,
+                                          command=command_line(ctx), **kwargs)
+        except (KeyboardInterrupt, Terminated) as err:
+            name, code = ("SIGINT", 130) if isinstance(err, KeyboardInterrupt) else ("SIGTERM",
+                                                                                      143)
+            message = _interrupted(run_dir, name, position)
+            with contextlib.suppress(OSError):
+                log.write(message)
+            raise fail(message, code=code) from None
+
+
+def _interrupted(run_dir: Path, signal_name: str, position: Position) -> str:
+    step = None
+    with contextlib.suppress(runner.EnvironmentProblem):
+        step, _ = runner._last_checkpoint(run_dir)
+    where = (f"the last checkpoint is at step {step}" if step is not None
+             else "no checkpoint was written yet")
+    return (f"interrupted by {signal_name} after {position.describe()}; {where}; resume with: "
+            f"boltzkit sample --resume {run_dir}")
 
 
 def _precheck(target: str | None, sampler: str | None, sets: list[str], preset: str | None,
@@ -199,10 +294,8 @@ def evaluate_command(
     figures: Annotated[bool, typer.Option(help="Redraw the figures.")] = True,
 ) -> None:
     """Recompute metrics.json (and figures) of a finished run."""
-    try:
+    with clean_errors():
         metrics = runner.evaluate_run(run_dir, reference_path=reference, figures=figures)
-    except runner.UsageError as err:
-        raise fail(str(err)) from None
     console.print(metrics_table(metrics, f"metrics of {run_dir}"))
     console.print(f"written: {run_dir / runner.rundir.METRICS_FILE}")
 
@@ -221,6 +314,8 @@ def reference_command(
     """Generate (or find in the cache) a reference sample set by parallel tempering."""
     from boltzkit.app import reference as project_reference
 
+    if n is not None and n < 1:
+        raise fail(f"--n must be a positive number of samples, got {n}")
     try:
         built = runner.build_target(target, target_param or [])
         if built.has_exact_samples:

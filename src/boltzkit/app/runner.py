@@ -3,14 +3,21 @@ config, seed the global RNGs, sample under a budget, evaluate against a referenc
 everything (layout in `boltzkit.app.rundir`). The CLI and the demo call these; nothing here prints.
 
 Names are checked before anything runs, and every bad name or key raises `UsageError` with the
-valid choices, which the CLI turns into a clean message and a non-zero exit code.
+valid choices, which the CLI turns into a clean message and exit code 2. A file or file system
+that fails (corrupt run files, a truncated checkpoint, a full disk, a read-only file system)
+raises `EnvironmentProblem` naming the path and the cause (exit code 1); no temporary file is
+left behind and the previous checkpoint stays intact.
+
+Resuming checks that the run is the one asked for (target, sampler, preset, parameters,
+overrides, seed and n_samples, where given, equal the recorded ones), that a new budget is above
+what was already spent, and that the checkpoints load; the resume is recorded in run.json only
+once it has succeeded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import random
 import time
 import traceback
@@ -26,13 +33,14 @@ from torch import Tensor
 from boltzkit import samplers, targets
 from boltzkit.app import rundir
 from boltzkit.core import config as configs
-from boltzkit.core.errors import UsageError
+from boltzkit.core.errors import EnvironmentProblem, UnknownName, UsageError
+from boltzkit.core.files import describe_os_error
 from boltzkit.samplers import SampleResult, null_callback
 from boltzkit.targets import Target
 
 Callback = Callable[..., None]
 
-
+__all__ = ["EnvironmentProblem", "UsageError"]  # what the CLI catches, re-exported
 
 
 class Reference(NamedTuple):
@@ -62,12 +70,30 @@ def seed_everything(seed: int) -> None:
 
 def build_target(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> Target:
     """`boltzkit.targets.build`: a target from its name and `key=value` parameters."""
-    return targets.build(name, params)
+    with _no_empty_parameter_list(name):
+        return targets.build(name, params)
 
 
 def target_params(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> dict[str, Any]:
     """The explicitly given target parameters, typed (as recorded in run.json)."""
-    return targets.typed_params(name, params)
+    with _no_empty_parameter_list(name):
+        return targets.typed_params(name, params)
+
+
+class _no_empty_parameter_list:  # noqa: N801 - used as a context manager
+    """An unknown parameter of a target that takes none says so (not 'valid keys: ')."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        if isinstance(exc, UnknownName) and exc.kind == "target parameter" and not exc.valid:
+            raise UsageError(f"unknown target parameter {exc.name!r}: target {self.name!r} "
+                             "takes no parameters") from None
 
 
 def sampler_module(name: str) -> ModuleType:
@@ -188,26 +214,77 @@ def run_sampler(
 
 def resume_run(run_dir: str | Path, *, budget: int | None = None,
                callback: Callback = null_callback, log: Callable[[str], None] | None = None,
-               command: Sequence[str] | None = None, figures: bool = True) -> RunOutcome:
+               command: Sequence[str] | None = None, figures: bool = True,
+               expect: Mapping[str, Any] | None = None) -> RunOutcome:
     """Continues the run in `run_dir` from its sampler's last checkpoint, with the recorded
-    target, sampler, config and seed; `budget` (if given) replaces the recorded total budget."""
+    target, sampler, config and seed; `budget` (if given) replaces the recorded total budget and
+    must exceed what was spent. `expect` holds what the user gave besides --resume (keys target,
+    sampler, preset, target_params, sets, seed, n_samples; None or empty = not given): each must
+    match the record."""
     try:
         run_dir = rundir.prepare(run_dir, resume=True)
-        record = rundir.read_record(run_dir)
     except rundir.RunDirError as err:
         raise UsageError(str(err)) from None
-    if budget is not None:
-        _check_sizes(budget, int(record["n_samples"]))
-        record["budget"] = budget
-    target = build_target(record["target"], record.get("target_params") or {})
+    record = rundir.read_record(run_dir, require=rundir.RECORD_KEYS)
     module = sampler_module(record["sampler"])
     config = config_from_dict(module, rundir.read_config(run_dir), record["sampler"])
+    _check_same_run(run_dir, record, module, config, expect or {})
+    step, spent = _last_checkpoint(run_dir)
+    spent = max(spent or 0, int((record.get("counts") or {}).get("n_energy", 0)))
+    if budget is not None:
+        _check_sizes(budget, int(record["n_samples"]))
+        if budget <= spent:
+            raise UsageError(f"--budget {budget:,} is not above the {spent:,} energy evaluations "
+                             f"{run_dir} already spent; give a larger budget")
+        record["budget"] = budget
+    target = build_target(record["target"], record.get("target_params") or {})
     reference = _recorded_reference(target.uncounted(), record)
+    if log:
+        log(f"resumed from checkpoint at step {step} ({spent:,} energy evaluations spent)"
+            if step is not None else f"no checkpoint in {run_dir}: the run starts from the "
+            "beginning")
+    outcome = _execute(run_dir, target, module, config, record, reference, callback=callback,
+                       log=log, resume=True, figures=figures)
     rundir.update_record(run_dir, budget=record["budget"],
                          resumed=(record.get("resumed") or [])
                          + [list(command) if command is not None else rundir.command_line()])
-    return _execute(run_dir, target, module, config, record, reference, callback=callback,
-                    log=log, resume=True, figures=figures)
+    return outcome
+
+
+def _check_same_run(run_dir: Path, record: Mapping[str, Any], module: ModuleType, config: Any,
+                    expect: Mapping[str, Any]) -> None:
+    """UsageError when what the user gave with --resume differs from the recorded run."""
+    given = {k: v for k, v in expect.items() if v not in (None, [], (), {})}
+    recorded = {"target": record["target"], "sampler": record["sampler"],
+                "preset": record.get("preset"), "seed": record.get("seed"),
+                "n_samples": record.get("n_samples"),
+                "target_params": record.get("target_params") or {}}
+    if "target_params" in given:
+        given["target_params"] = target_params(str(given.get("target", record["target"])),
+                                               given["target_params"])
+    wrong = [f"{k} {given[k]!r} (recorded: {recorded[k]!r})" for k in recorded
+             if k in given and given[k] != recorded[k]]
+    if "sets" in given:
+        changed = configs.to_dict(apply_overrides(config, given["sets"])) != configs.to_dict(
+            config)
+        if changed:
+            wrong.append(f"--set {' '.join(given['sets'])} (the checkpoint was made with the "
+                         "recorded config.json)")
+    if wrong:
+        raise UsageError(f"--resume {run_dir} is a {record['target']} / {record['sampler']} run; "
+                         f"it cannot continue with {'; '.join(wrong)}. Omit them or give the "
+                         "recorded ones")
+
+
+def _last_checkpoint(run_dir: Path) -> tuple[int | None, int | None]:
+    """(step, energy evaluations spent) of the checkpoints in run_dir, each loaded once to
+    check that it is not truncated (`EnvironmentProblem` otherwise)."""
+    step = spent = None
+    for path in rundir.checkpoint_files(run_dir):
+        s, n = rundir.checkpoint_progress(rundir.read_checkpoint(path))
+        step = s if s is not None else step
+        spent = n if n is not None else spent
+    return step, spent
 
 
 def _execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
@@ -219,21 +296,69 @@ def _execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
         result = module.sample(target, config, n_samples=int(record["n_samples"]),
                                budget=int(record["budget"]), callback=callback, run_dir=run_dir,
                                resume=resume)
+    except (UsageError, EnvironmentProblem):
+        rundir.remove_temporaries(run_dir)
+        raise
     except ValueError as err:
         # Samplers validate their inputs with ValueError (e.g. a budget too small for one
         # step): a usage error, with the traceback kept in the log for the rare real bug.
         if log:
             log(traceback.format_exc())
         raise UsageError(f"sampler {record['sampler']!r}: {err}") from None
+    except (OSError, RuntimeError) as err:
+        problem = _write_failure(run_dir, err)
+        if problem is None:
+            raise
+        raise problem from None
+    except BaseException:  # Ctrl-C, SIGTERM: the last complete checkpoint is what remains
+        rundir.remove_temporaries(run_dir)
+        raise
     wall_s = time.perf_counter() - start
     rundir.write_samples(run_dir, result.samples, result.log_w, result.log_Z)
-    rundir.write_json(run_dir / rundir.DIAGNOSTICS_FILE,
-                      {"diagnostics": result.diagnostics, "counts": result.counts})
+    rundir.write_json(run_dir / rundir.DIAGNOSTICS_FILE, diagnostics_file(result))
     rundir.update_record(run_dir, wall_s=wall_s, counts=result.counts)
     if log:
         log(f"sampled {tuple(result.samples.shape)} in {wall_s:.1f} s; counts {result.counts}")
     metrics = evaluate_run(run_dir, reference=reference, figures=figures)
     return RunOutcome(run_dir, result, metrics, reference, wall_s)
+
+
+def _write_failure(run_dir: Path, err: BaseException) -> EnvironmentProblem | None:
+    """The EnvironmentProblem behind a failed checkpoint write (an OSError, or torch's
+    "enforce fail at inline_container.cc" for a file it could not finish), None for other
+    errors; removes the temporary files either way (the previous checkpoint is untouched)."""
+    removed = rundir.remove_temporaries(run_dir)
+    if isinstance(err, OSError):
+        return EnvironmentProblem(f"cannot write {describe_os_error(err, run_dir)}")
+    text = str(err)
+    if "inline_container" not in text and "PytorchStreamWriter" not in text:
+        return None
+    where = removed[0] if removed else run_dir
+    cause = "no space left on device" if _disk_full(run_dir) else text.splitlines()[0]
+    return EnvironmentProblem(f"cannot write {where}: {cause}; the previous checkpoint is intact")
+
+
+def _disk_full(path: Path, margin: int = 1 << 20) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(path).free < margin
+    except OSError:
+        return False
+
+
+def diagnostics_file(result: SampleResult) -> dict[str, Any]:
+    """diagnostics.json's content: the sampler's diagnostics and its evaluation counts. A
+    diagnostic that shares a count's name but means something else (MCMC's `n_nonfinite`:
+    proposals rejected for a non-finite energy or score, vs. the count of energy evaluations
+    that came back NaN or inf) is written as `sampler_<name>`, so each name has one meaning."""
+    diagnostics = {(f"sampler_{k}" if k in result.counts else k): v
+                   for k, v in result.diagnostics.items()}
+    return {"diagnostics": diagnostics, "counts": result.counts,
+            "notes": {"counts.n_nonfinite": "target energy evaluations that returned NaN or inf",
+                      "diagnostics.sampler_n_nonfinite": "the sampler's own count: MCMC, "
+                      "proposals rejected for a non-finite energy or score; flow and TRADE, "
+                      "non-finite log-weights"}}
 
 
 def _check_sizes(budget: int, n_samples: int) -> None:
@@ -264,7 +389,7 @@ def evaluate_run(run_dir: str | Path, *, reference: Reference | None = None,
     """
     run_dir = Path(run_dir)
     try:
-        record = rundir.read_record(run_dir)
+        record = rundir.read_record(run_dir, require=rundir.RECORD_KEYS)
         x_np, log_w_np, log_Z = rundir.read_samples(run_dir)
     except rundir.RunDirError as err:
         raise UsageError(str(err)) from None
@@ -282,6 +407,7 @@ def evaluate_run(run_dir: str | Path, *, reference: Reference | None = None,
         metrics["sampler_log_Z"] = log_Z
         if target.log_Z is not None:
             metrics["sampler_log_Z_error"] = log_Z - float(target.log_Z)
+    _use_sampler_log_Z_se(metrics, _read_diagnostics(run_dir))
     counts = record.get("counts") or {}
     metrics.update({f"count_{k}": v for k, v in counts.items()})
     metrics["reference_source"] = reference.source
@@ -291,13 +417,29 @@ def evaluate_run(run_dir: str | Path, *, reference: Reference | None = None,
     return written
 
 
+def _read_diagnostics(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / rundir.DIAGNOSTICS_FILE
+    if not path.exists():
+        return {}
+    diagnostics = rundir.read_json_object(path)
+    return diagnostics.get("diagnostics") or {}
+
+
+def _use_sampler_log_Z_se(metrics: dict[str, Any], diagnostics: Mapping[str, Any]) -> None:
+    """A sampler that reports its own log Z standard error (SMC: from independent replicas)
+    overrides the delta-method one of its weights, which after resampling measures nothing;
+    None when it has none (a single replica)."""
+    if "log_Z_se" not in diagnostics:
+        return
+    metrics["sampler_log_Z_se"] = diagnostics["log_Z_se"]
+    if "log_Z_se" in metrics:
+        metrics["log_Z_se"] = diagnostics["log_Z_se"]
+
+
 def draw_figures(run_dir: Path, x: Tensor, target: Target, reference: Tensor | None) -> None:
     from boltzkit.app import plots  # matplotlib only when figures are asked for
 
-    diagnostics = {}
-    diag_path = run_dir / rundir.DIAGNOSTICS_FILE
-    if diag_path.exists():
-        diagnostics = json.loads(diag_path.read_text()).get("diagnostics", {})
+    diagnostics = _read_diagnostics(run_dir)
     with torch.no_grad():
         energies = target.energy(x.to(torch.float64))
         ref_energies = None if reference is None else target.energy(reference)
