@@ -102,8 +102,10 @@ class Position:
         self.callback(event, **info)
 
     def describe(self) -> str:
-        total = f" of {fmt(self.total)}" if self.total else ""
-        return f"{fmt(self.done)}{total} {self.unit}".strip()
+        """e.g. '3,906 of 390,624 steps'."""
+        total = f" of {int(self.total):,}" if self.total else ""
+        unit = self.unit if self.unit.endswith("s") or not self.unit else self.unit + "s"
+        return f"{int(self.done):,}{total} {unit}".strip()
 
 
 def fmt(value: Any) -> str:
@@ -259,6 +261,10 @@ def _run_logged(ctx: typer.Context, run_dir: Path, resume: Path | None, quiet: b
                                              figures=kwargs["figures"], expect=expect)
                 return runner.run_sampler(callback=position, log=log.write,
                                           command=command_line(ctx), **kwargs)
+        except (runner.UsageError, runner.EnvironmentProblem, OSError) as err:
+            with contextlib.suppress(OSError):
+                log.write(f"error: {err}")
+            raise
         except (KeyboardInterrupt, Terminated) as err:
             name, code = ("SIGINT", 130) if isinstance(err, KeyboardInterrupt) else ("SIGTERM",
                                                                                       143)

@@ -199,7 +199,7 @@ def read_json_object(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise EnvironmentProblem(f"{path}: corrupt JSON ({err.msg} at line {err.lineno}, "
+        raise EnvironmentProblem(f"{path}: corrupt JSON ({err.msg}: line {err.lineno}, "
                                  f"column {err.colno})") from None
     except UnicodeDecodeError:
         raise EnvironmentProblem(f"{path}: corrupt JSON (not UTF-8 text)") from None
@@ -232,9 +232,15 @@ def read_samples(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray | None, fl
 
 def _numpy_cause(err: BaseException) -> str:
     text = str(err)
-    if "pickled data" in text:  # numpy's guess for any file without a valid header
+    if "pickled" in text:  # numpy's guess for any file without a valid header
         return "not a NumPy array file"
-    return text.splitlines()[0] if text else type(err).__name__
+    return first_sentence(text) if text else type(err).__name__
+
+
+def first_sentence(text: str) -> str:
+    """The first line of `text` up to its first full stop (library messages run on)."""
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line.split(". ", 1)[0].rstrip(".")
 
 
 def load_array(path: str | Path) -> np.ndarray:
@@ -326,7 +332,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, weights_only=False, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
-        cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+        cause = first_sentence(str(err)) or type(err).__name__
         raise EnvironmentProblem(f"{path}: truncated or corrupt checkpoint ({cause}); delete it "
                                  "to restart the run from the beginning") from None
     if not isinstance(state, dict):

@@ -208,8 +208,15 @@ def run_sampler(
         "reference": {"source": reference.source, "path": reference.path},
     }
     rundir.write_record(run_dir, record, configs.to_dict(config))
-    return _execute(run_dir, target, module, config, record, reference, callback=callback,
-                    log=log, resume=False, figures=figures)
+    try:
+        return _execute(run_dir, target, module, config, record, reference, callback=callback,
+                        log=log, resume=False, figures=figures)
+    except UsageError:
+        # Refused before it sampled (e.g. more samples than the budget buys): leave no record,
+        # so that the same --out can be used again.
+        for name in (rundir.RUN_FILE, rundir.CONFIG_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+        raise
 
 
 def resume_run(run_dir: str | Path, *, budget: int | None = None,
@@ -333,7 +340,7 @@ def _write_failure(run_dir: Path, err: BaseException) -> EnvironmentProblem | No
     text = str(err)
     if "inline_container" not in text and "PytorchStreamWriter" not in text:
         return None
-    where = removed[0] if removed else run_dir
+    where = removed[0].with_suffix("") if removed else run_dir
     cause = "no space left on device" if _disk_full(run_dir) else text.splitlines()[0]
     return EnvironmentProblem(f"cannot write {where}: {cause}; the previous checkpoint is intact")
 
