@@ -312,23 +312,27 @@ def batch_mean_abs_error(estimates: Tensor, truth: float) -> Estimate:
     return Estimate(_out(err.mean(dim=-1)), _out(se))
 
 
-def _mean_positive(lw: Tensor) -> Tensor:
+def _restricted_elbo(lw: Tensor) -> Tensor:
+    """mean(log w | w > 0) + log(N_+ / N): the ELBO of q restricted to {w > 0} (module docs)."""
     positive = ~torch.isneginf(lw)
-    if not bool(positive.any()):
+    n_pos = int(positive.sum())
+    if n_pos == 0:
         return torch.tensor(_NEG_INF, dtype=lw.dtype)
-    return lw[positive].mean()
+    return lw[positive].mean() + math.log(n_pos / lw.shape[-1])
 
 
 def weight_summary(log_w: Tensor) -> dict[str, float]:
     """All reverse-direction diagnostics of one 1-D set of log-weights, as a flat dict.
 
     Keys: "n" (N), "ess" (Kish count), "ess_fraction", "log_Z" (LSE - log N), "log_Z_se" (delta
-    method), "elbo" (mean log w over the positive weights), "n_zero_weight" (-inf),
-    "n_invalid_weight" (NaN or +inf, given zero weight).
+    method), "elbo" (mean log w; see below), "n_zero_weight" (-inf), "n_invalid_weight" (NaN or
+    +inf, given zero weight).
 
-    With zero weights the ELBO proper is -inf (`elbo`): the summary then reports the mean over the
-    positive weights, so that the number stays informative, and `n_zero_weight` says how many
-    were left out. With no positive weight it is -inf.
+    With zero weights the plain ELBO (`elbo`) is -inf. The summary reports instead the ELBO of q
+    restricted to the support {w > 0}, q' = q / (1 - p_0) with p_0 = q(w = 0):
+    E_q'[log gamma - log q'] = E_q[log w | w > 0] + log(1 - p_0), estimated by
+    mean(log w | w > 0) + log(N_+ / N). It is still a lower bound of log Z (Jensen under q'),
+    equals `elbo` when no weight is zero, and is -inf only when every weight is.
     """
     raw = _as_f64(log_w, "log_w")
     if raw.ndim != 1:
@@ -343,7 +347,7 @@ def weight_summary(log_w: Tensor) -> dict[str, float]:
         "ess_fraction": ess_.item() / n,
         "log_Z": _log_Z(lw).item(),
         "log_Z_se": _log_Z_se(lw).item(),
-        "elbo": _mean_positive(lw).item(),
+        "elbo": _restricted_elbo(lw).item(),
         **counts,
     }
 
