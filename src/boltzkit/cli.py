@@ -34,6 +34,7 @@ from rich.table import Table
 from boltzkit import targets
 from boltzkit.app import runner
 from boltzkit.app.progress import LogFile, RichProgress
+from boltzkit.app.resume import last_checkpoint, resume_run
 from boltzkit.core import config as configs
 from boltzkit.core.files import describe_os_error
 
@@ -256,7 +257,7 @@ def _run_logged(ctx: typer.Context, run_dir: Path, resume: Path | None, quiet: b
         try:
             with sigterm_as_exception():
                 if resume is not None:
-                    return runner.resume_run(resume, budget=kwargs["budget"], callback=position,
+                    return resume_run(resume, budget=kwargs["budget"], callback=position,
                                              log=log.write, command=command_line(ctx),
                                              figures=kwargs["figures"], expect=expect)
                 return runner.run_sampler(callback=position, log=log.write,
@@ -277,7 +278,7 @@ def _run_logged(ctx: typer.Context, run_dir: Path, resume: Path | None, quiet: b
 def _interrupted(run_dir: Path, signal_name: str, position: Position) -> str:
     step = None
     with contextlib.suppress(runner.EnvironmentProblem):
-        step, _ = runner._last_checkpoint(run_dir)
+        step, _ = last_checkpoint(run_dir)
     where = (f"the last checkpoint is at step {step}" if step is not None
              else "no checkpoint was written yet")
     return (f"interrupted by {signal_name} after {position.describe()}; {where}; resume with: "

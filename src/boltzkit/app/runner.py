@@ -8,10 +8,7 @@ that fails (corrupt run files, a truncated checkpoint, a full disk, a read-only 
 raises `EnvironmentProblem` naming the path and the cause (exit code 1); no temporary file is
 left behind and the previous checkpoint stays intact.
 
-Resuming checks that the run is the one asked for (target, sampler, preset, parameters,
-overrides, seed and n_samples, where given, equal the recorded ones), that a new budget is above
-what was already spent, and that the checkpoints load; the resume is recorded in run.json only
-once it has succeeded.
+Resuming a run lives in `boltzkit.app.resume`.
 """
 
 from __future__ import annotations
@@ -31,10 +28,9 @@ import torch
 from torch import Tensor
 
 from boltzkit import samplers, targets
-from boltzkit.app import rundir
+from boltzkit.app import failures, rundir
 from boltzkit.core import config as configs
-from boltzkit.core.errors import EnvironmentProblem, UnknownName, UsageError
-from boltzkit.core.files import describe_os_error
+from boltzkit.core.errors import EnvironmentProblem, UsageError
 from boltzkit.samplers import SampleResult, null_callback
 from boltzkit.targets import Target
 
@@ -70,30 +66,14 @@ def seed_everything(seed: int) -> None:
 
 def build_target(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> Target:
     """`boltzkit.targets.build`: a target from its name and `key=value` parameters."""
-    with _no_empty_parameter_list(name):
+    with failures.no_empty_parameter_list(name):
         return targets.build(name, params)
 
 
 def target_params(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> dict[str, Any]:
     """The explicitly given target parameters, typed (as recorded in run.json)."""
-    with _no_empty_parameter_list(name):
+    with failures.no_empty_parameter_list(name):
         return targets.typed_params(name, params)
-
-
-class _no_empty_parameter_list:  # noqa: N801 - used as a context manager
-    """An unknown parameter of a target that takes none says so (not 'valid keys: ')."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: Any) -> None:
-        if isinstance(exc, UnknownName) and exc.kind == "target parameter" and not exc.valid:
-            raise UsageError(f"unknown target parameter {exc.name!r}: target {self.name!r} "
-                             "takes no parameters") from None
 
 
 def sampler_module(name: str) -> ModuleType:
@@ -190,7 +170,7 @@ def run_sampler(
     figures: bool = True,
 ) -> RunOutcome:
     """Checks every name, then samples, writes the run directory, evaluates and draws figures."""
-    _check_sizes(budget, n_samples)
+    check_sizes(budget, n_samples)
     target = build_target(target_name, params)
     module = sampler_module(sampler)
     config = sampler_config(module, sets, preset, sampler)
@@ -209,7 +189,7 @@ def run_sampler(
     }
     rundir.write_record(run_dir, record, configs.to_dict(config))
     try:
-        return _execute(run_dir, target, module, config, record, reference, callback=callback,
+        return execute(run_dir, target, module, config, record, reference, callback=callback,
                         log=log, resume=False, figures=figures)
     except UsageError:
         # Refused before it sampled (e.g. more samples than the budget buys): leave no record,
@@ -219,82 +199,7 @@ def run_sampler(
         raise
 
 
-def resume_run(run_dir: str | Path, *, budget: int | None = None,
-               callback: Callback = null_callback, log: Callable[[str], None] | None = None,
-               command: Sequence[str] | None = None, figures: bool = True,
-               expect: Mapping[str, Any] | None = None) -> RunOutcome:
-    """Continues the run in `run_dir` from its sampler's last checkpoint, with the recorded
-    target, sampler, config and seed; `budget` (if given) replaces the recorded total budget and
-    must exceed what was spent. `expect` holds what the user gave besides --resume (keys target,
-    sampler, preset, target_params, sets, seed, n_samples; None or empty = not given): each must
-    match the record."""
-    try:
-        run_dir = rundir.prepare(run_dir, resume=True)
-    except rundir.RunDirError as err:
-        raise UsageError(str(err)) from None
-    record = rundir.read_record(run_dir, require=rundir.RECORD_KEYS)
-    module = sampler_module(record["sampler"])
-    config = config_from_dict(module, rundir.read_config(run_dir), record["sampler"])
-    _check_same_run(run_dir, record, module, config, expect or {})
-    step, spent = _last_checkpoint(run_dir)
-    spent = max(spent or 0, int((record.get("counts") or {}).get("n_energy", 0)))
-    if budget is not None:
-        _check_sizes(budget, int(record["n_samples"]))
-        if budget <= spent:
-            raise UsageError(f"--budget {budget:,} is not above the {spent:,} energy evaluations "
-                             f"{run_dir} already spent; give a larger budget")
-        record["budget"] = budget
-    target = build_target(record["target"], record.get("target_params") or {})
-    reference = _recorded_reference(target.uncounted(), record)
-    if log:
-        log(f"resumed from checkpoint at step {step} ({spent:,} energy evaluations spent)"
-            if step is not None else f"no checkpoint in {run_dir}: the run starts from the "
-            "beginning")
-    outcome = _execute(run_dir, target, module, config, record, reference, callback=callback,
-                       log=log, resume=True, figures=figures)
-    rundir.update_record(run_dir, budget=record["budget"],
-                         resumed=(record.get("resumed") or [])
-                         + [list(command) if command is not None else rundir.command_line()])
-    return outcome
-
-
-def _check_same_run(run_dir: Path, record: Mapping[str, Any], module: ModuleType, config: Any,
-                    expect: Mapping[str, Any]) -> None:
-    """UsageError when what the user gave with --resume differs from the recorded run."""
-    given = {k: v for k, v in expect.items() if v not in (None, [], (), {})}
-    recorded = {"target": record["target"], "sampler": record["sampler"],
-                "preset": record.get("preset"), "seed": record.get("seed"),
-                "n_samples": record.get("n_samples"),
-                "target_params": record.get("target_params") or {}}
-    if "target_params" in given:
-        given["target_params"] = target_params(str(given.get("target", record["target"])),
-                                               given["target_params"])
-    wrong = [f"{k} {given[k]!r} (recorded: {recorded[k]!r})" for k in recorded
-             if k in given and given[k] != recorded[k]]
-    if "sets" in given:
-        changed = configs.to_dict(apply_overrides(config, given["sets"])) != configs.to_dict(
-            config)
-        if changed:
-            wrong.append(f"--set {' '.join(given['sets'])} (the checkpoint was made with the "
-                         "recorded config.json)")
-    if wrong:
-        raise UsageError(f"--resume {run_dir} is a {record['target']} / {record['sampler']} run; "
-                         f"it cannot continue with {'; '.join(wrong)}. Omit them or give the "
-                         "recorded ones")
-
-
-def _last_checkpoint(run_dir: Path) -> tuple[int | None, int | None]:
-    """(step, energy evaluations spent) of the checkpoints in run_dir, each loaded once to
-    check that it is not truncated (`EnvironmentProblem` otherwise)."""
-    step = spent = None
-    for path in rundir.checkpoint_files(run_dir):
-        s, n = rundir.checkpoint_progress(rundir.read_checkpoint(path))
-        step = s if s is not None else step
-        spent = n if n is not None else spent
-    return step, spent
-
-
-def _execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
+def execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
              record: Mapping[str, Any], reference: Reference, *, callback: Callback,
              log: Callable[[str], None] | None, resume: bool, figures: bool) -> RunOutcome:
     seed_everything(int(record["seed"]))
@@ -313,7 +218,7 @@ def _execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
             log(traceback.format_exc())
         raise UsageError(f"sampler {record['sampler']!r}: {err}") from None
     except (OSError, RuntimeError) as err:
-        problem = _write_failure(run_dir, err)
+        problem = failures.write_failure(run_dir, err)
         if problem is None:
             raise
         raise problem from None
@@ -330,30 +235,6 @@ def _execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
     return RunOutcome(run_dir, result, metrics, reference, wall_s)
 
 
-def _write_failure(run_dir: Path, err: BaseException) -> EnvironmentProblem | None:
-    """The EnvironmentProblem behind a failed checkpoint write (an OSError, or torch's
-    "enforce fail at inline_container.cc" for a file it could not finish), None for other
-    errors; removes the temporary files either way (the previous checkpoint is untouched)."""
-    removed = rundir.remove_temporaries(run_dir)
-    if isinstance(err, OSError):
-        return EnvironmentProblem(f"cannot write {describe_os_error(err, run_dir)}")
-    text = str(err)
-    if "inline_container" not in text and "PytorchStreamWriter" not in text:
-        return None
-    where = removed[0].with_suffix("") if removed else run_dir
-    cause = "no space left on device" if _disk_full(run_dir) else text.splitlines()[0]
-    return EnvironmentProblem(f"cannot write {where}: {cause}; the previous checkpoint is intact")
-
-
-def _disk_full(path: Path, margin: int = 1 << 20) -> bool:
-    import shutil
-
-    try:
-        return shutil.disk_usage(path).free < margin
-    except OSError:
-        return False
-
-
 def diagnostics_file(result: SampleResult) -> dict[str, Any]:
     """diagnostics.json's content: the sampler's diagnostics and its evaluation counts. A
     diagnostic that shares a count's name but means something else (MCMC's `n_nonfinite`:
@@ -368,14 +249,14 @@ def diagnostics_file(result: SampleResult) -> dict[str, Any]:
                       "non-finite log-weights"}}
 
 
-def _check_sizes(budget: int, n_samples: int) -> None:
+def check_sizes(budget: int, n_samples: int) -> None:
     if budget < 1:
         raise UsageError(f"--budget must be a positive number of energy evaluations, got {budget}")
     if n_samples < 1:
         raise UsageError(f"--n-samples must be positive, got {n_samples}")
 
 
-def _recorded_reference(target: Target, record: Mapping[str, Any],
+def recorded_reference(target: Target, record: Mapping[str, Any],
                         path: str | Path | None = None) -> Reference:
     recorded = (record.get("reference") or {})
     if path is None and recorded.get("source") == "file":
@@ -402,7 +283,7 @@ def evaluate_run(run_dir: str | Path, *, reference: Reference | None = None,
         raise UsageError(str(err)) from None
     target = build_target(record["target"], record.get("target_params", {})).uncounted()
     if reference is None:
-        reference = _recorded_reference(target, record, reference_path)
+        reference = recorded_reference(target, record, reference_path)
     x = torch.as_tensor(x_np)
     if x.ndim != 2 or x.shape[1] != target.dim:
         raise UsageError(f"{run_dir}: samples have shape {tuple(x.shape)}, target "
