@@ -7,7 +7,9 @@ Layout of a run directory:
     config.json       the resolved sampler config (after preset and --set overrides)
     samples.npz       `samples` [n, dim]; `log_w` [n] where the sampler returns weights;
                       `log_Z` (0-d) where it estimates one
-    diagnostics.json  the sampler's diagnostics and its evaluation counts
+    diagnostics.json  the sampler's diagnostics and its evaluation counts (a diagnostic that
+                      shares a count's name is written as `sampler_<name>`; "notes" says which
+                      is which)
     metrics.json      flat dict of metrics (boltzkit.evaluate.evaluation.evaluate) plus counts;
                       non-finite values are written as null and their keys listed under
                       "nonfinite_keys"

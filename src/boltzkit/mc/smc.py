@@ -30,6 +30,11 @@ contribute log g = 0 (their per-level ESS is then that of partial weights only).
 
 Replicas: particles are `[R, N, d]`, R independent runs in one call (each with its own adaptive
 levels, resampling decisions and per-replica MCMC step sizes). Weights and log Z are float64.
+The standard error of log Z comes from the replicas (`estimators.replica_log_Z(res.log_Z)`),
+never from the final weights: after resampling they are equal whatever the error.
+
+Zero weights: an incremental log-weight that is -inf (a vanishing target density), NaN or +inf
+makes the particle's weight exactly zero (log_w = -inf, counted by `estimators.n_zero_weight`).
 
 >>> import torch
 >>> from boltzkit.mc.paths import Gaussian, GeometricPath
