@@ -44,6 +44,7 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True, log_path=False)
 
+DEFAULT_N_SAMPLES = 1000
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Config override key=value (typed by the config field); repeatable.")]
 
@@ -226,9 +227,9 @@ def sample_command(
             runner.rundir.prepare(run_dir)
         else:
             runner.rundir.prepare(run_dir, resume=True)
+        # What --resume must agree with (None: not given).
         expect = {"target": target, "sampler": sampler, "preset": preset, "seed": seed,
-                  "sets": set_, "target_params": target_param,
-                  "n_samples": n_samples}
+                  "sets": set_, "target_params": target_param, "n_samples": n_samples}
         outcome = _run_logged(ctx, run_dir, resume, quiet, expect, dict(
             target_name=target, sampler=sampler, budget=budget, seed=seed or 0, out=out,
             sets=set_ or [], preset=preset,
@@ -244,9 +245,6 @@ def sample_command(
     console.print(f"run directory: [bold]{outcome.run_dir}[/]")
 
 
-DEFAULT_N_SAMPLES = 1000
-
-
 def _run_logged(ctx: typer.Context, run_dir: Path, resume: Path | None, quiet: bool,
                 expect: dict[str, Any], kwargs: dict[str, Any]) -> runner.RunOutcome:
     """The run (fresh or resumed) with its log and progress bars; SIGINT / SIGTERM stop it
@@ -258,8 +256,8 @@ def _run_logged(ctx: typer.Context, run_dir: Path, resume: Path | None, quiet: b
             with sigterm_as_exception():
                 if resume is not None:
                     return resume_run(resume, budget=kwargs["budget"], callback=position,
-                                             log=log.write, command=command_line(ctx),
-                                             figures=kwargs["figures"], expect=expect)
+                                      log=log.write, command=command_line(ctx),
+                                      figures=kwargs["figures"], expect=expect)
                 return runner.run_sampler(callback=position, log=log.write,
                                           command=command_line(ctx), **kwargs)
         except (runner.UsageError, runner.EnvironmentProblem, OSError) as err:
@@ -323,7 +321,7 @@ def reference_command(
 
     if n is not None and n < 1:
         raise fail(f"--n must be a positive number of samples, got {n}")
-    try:
+    with clean_errors():
         built = runner.build_target(target, target_param or [])
         if built.has_exact_samples:
             raise runner.UsageError(f"target {target!r} has an exact sampler: `boltzkit sample` "
@@ -333,8 +331,6 @@ def reference_command(
         with RichProgress(err_console, enabled=not quiet) as callback:
             made = project_reference.make_reference(
                 built, n, sets=set_ or [], seed=seed, callback=callback, refresh=refresh)
-    except runner.UsageError as err:
-        raise fail(str(err)) from None
     meta = made.metadata
     shown = {"n_samples": len(made.samples), "seed": meta.get("seed"),
              **runner.summary_dict(meta.get("counts") or {}, "counts"),
@@ -363,11 +359,12 @@ def experiment_command(
         raise fail(err.args[0]) from None
     except ValueError as err:
         raise fail(str(err)) from None
-    out.mkdir(parents=True, exist_ok=True)
-    runner.seed_everything(seed)
-    runner.rundir.write_json(out / "experiment.json", {
-        "experiment": name, "overrides": set_ or [], "seed": seed,
-        "command": command_line(ctx), "environment": runner.rundir.environment()})
+    with clean_errors():
+        runner.rundir.make_dir(out)
+        runner.seed_everything(seed)
+        runner.rundir.write_json(out / "experiment.json", {
+            "experiment": name, "overrides": set_ or [], "seed": seed,
+            "command": command_line(ctx), "environment": runner.rundir.environment()})
     try:
         with LogFile(out / "log.txt") as log, RichProgress(
                 err_console, log=log.write, enabled=not quiet) as callback:
@@ -395,11 +392,9 @@ def demo_command(
     """DW-4: parallel tempering vs MALA at the same energy budget (what `make run` shows)."""
     from boltzkit.app import demo
 
-    try:
+    with clean_errors():
         demo.main(console=console, err_console=err_console, budget=budget, out=out, seed=seed,
                   n_samples=n_samples, figures=figures, quiet=quiet)
-    except runner.UsageError as err:
-        raise fail(str(err)) from None
 
 
 if __name__ == "__main__":
