@@ -165,3 +165,10 @@ def test_kernels_and_engine_configs_check_their_ranges() -> None:
             make()
     with pytest.raises(KeyError, match="valid resamplers"):
         engine.Resampling("foo")
+
+
+def test_experiment_out_on_an_existing_file(bk: Any, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    bk.error(bk.cli("experiment", "amc-gmm", "--out", afile, "--quiet"), 2, "existing file")
+    assert afile.read_text() == "x"
