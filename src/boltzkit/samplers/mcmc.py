@@ -70,6 +70,28 @@ class ChainsConfig:
     device: str = "cpu"
     checkpoint_every: int | None = None  # steps; None: every tenth of the run; 0: never
 
+    def __post_init__(self) -> None:
+        for name in ("n_chains", "thinning"):
+            _check(name, getattr(self, name), ">= 1", getattr(self, name) >= 1)
+        _check("init_relax_steps", self.init_relax_steps, ">= 0", self.init_relax_steps >= 0)
+        if self.checkpoint_every is not None:
+            _check("checkpoint_every", self.checkpoint_every, ">= 0 (0: never; none: every "
+                   "tenth of the run)", self.checkpoint_every >= 0)
+        for name in ("step_size", "init_scale", "init_relax_max_move"):
+            value = getattr(self, name)
+            _check(name, value, "> 0 and finite", 0 < value < math.inf)
+        _check("burn_in", self.burn_in, "a fraction in [0, 1)", 0 <= self.burn_in < 1)
+        _check("adapt_rate", self.adapt_rate, ">= 0", self.adapt_rate >= 0)
+        if self.target_accept is not None:
+            _check("target_accept", self.target_accept, "in (0, 1)",
+                   0 < self.target_accept < 1)
+
+
+def _check(name: str, value: float, valid: str, ok: bool) -> None:
+    """UsageError saying what is valid unless `ok` (NaN fails every comparison, so never ok)."""
+    if not ok:
+        raise UsageError(f"{name} must be {valid}, got {value}")
+
 
 @dataclass(frozen=True)
 class RWMHConfig(ChainsConfig):
@@ -92,6 +114,10 @@ class HMCConfig(ChainsConfig):
     step_size: float = 0.05
     n_leapfrog: int = 10
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check("n_leapfrog", self.n_leapfrog, ">= 1", self.n_leapfrog >= 1)
+
 
 @dataclass(frozen=True)
 class PTConfig(ChainsConfig):
@@ -103,6 +129,12 @@ class PTConfig(ChainsConfig):
     T_max: float = 20.0
     adapt_ladder: bool = True  # move the ladder towards equal swap rates during burn-in
     ladder_every: int = 50  # steps between ladder updates
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("n_leapfrog", "n_temps", "ladder_every"):
+            _check(name, getattr(self, name), ">= 1", getattr(self, name) >= 1)
+        _check("T_max", self.T_max, ">= 1 and finite", 1 <= self.T_max < math.inf)
 
 
 CONFIGS: dict[str, type[ChainsConfig]] = {
@@ -352,7 +384,7 @@ def _state(pt: ParallelTempering, state: PTState, rec: _Record, config: ChainsCo
            ) -> dict[str, Any]:
     return {"config": dataclasses.asdict(config), "temperatures": pt.temperatures,
             "step_size": pt.kernel.step_size, "chains": state.chains._asdict(),
-            "n_steps": state.n_steps, "record": dataclasses.asdict(rec)}
+            "n_steps": state.n_steps, "record": dataclasses.asdict(rec), "step": rec.t}
 
 
 def _restore(pt: ParallelTempering, ckpt: dict[str, Any], config: ChainsConfig
