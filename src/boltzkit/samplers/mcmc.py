@@ -215,23 +215,29 @@ def sample(
         rec.n_burn = int(config.burn_in * n_steps)
     n_burn = rec.n_burn
     times = _keep_times(n_steps, n_burn, math.ceil(n_samples / config.n_chains), config.thinning)
+    if len(times) * config.n_chains < n_samples:
+        raise UsageError(
+            f"budget {budget:,} buys at most {len(times) * config.n_chains:,} samples "
+            f"({n_steps - n_burn} post-burn-in steps of {config.n_chains} chains, thinning "
+            f"{config.thinning}); ask for fewer --n-samples or give a larger --budget")
     run.checkpoint_every = (max(1, n_steps // 10) if config.checkpoint_every is None
                             else config.checkpoint_every)
     rec.trace_every = max(1, n_steps // 200)
     run.start(total=n_steps - rec.t, unit="step",
               description=f"{sampler_name(config)} on {getattr(target, 'name', 'target')}")
     report_every, reported = max(1, n_steps // 100), rec.t
-    while rec.t < n_steps and not run.stop_before(step_cost):
-        state, info = pt.step(state, target)
-        pt, state = rec.record(pt, state, info, config, burning=rec.t < n_burn)
-        if rec.t in times:
-            rec.kept[rec.t] = state.chains.x[0].detach().clone()
-        rec.t += 1
-        if rec.t - reported >= report_every or rec.t == n_steps:
-            run.advance(rec.t - reported, accept=rec.last_accept)
-            reported = rec.t
-        if run.due(rec.t):
-            run.save(_state(pt, state, rec, config))
+    with run.saving_on_interrupt(lambda: _state(pt, state, rec, config)):
+        while rec.t < n_steps and not run.stop_before(step_cost):
+            state, info = pt.step(state, target)
+            pt, state = rec.record(pt, state, info, config, burning=rec.t < n_burn)
+            if rec.t in times:
+                rec.kept[rec.t] = state.chains.x[0].detach().clone()
+            rec.t += 1
+            if rec.t - reported >= report_every or rec.t == n_steps:
+                run.advance(rec.t - reported, accept=rec.last_accept)
+                reported = rec.t
+            if run.due(rec.t):
+                run.save(_state(pt, state, rec, config))
     run.save(_state(pt, state, rec, config))
     run.end()
     samples = _select(rec.kept, n_samples)

@@ -150,7 +150,7 @@ def sample(
     callback("end")
     samples, log_w = _output(pool._replace(x=moves.x), n_samples)
     estimate = estimators.replica_log_Z(pool.log_Z)
-    diagnostics = _diagnostics(batches, pool, moves, n, estimate, started)
+    diagnostics = _diagnostics(batches, pool, moves, n, estimate, started, budget)
     counts = spent_since(target, counts0)
     return SampleResult(samples, log_w, float(estimate.mean), diagnostics, counts)
 
@@ -247,7 +247,8 @@ def _output(pool: _Pool, n_samples: int) -> tuple[Tensor, Tensor | None]:
 
 
 def _diagnostics(batches: list[SMCResult], pool: _Pool, moves: _Moves, n: int,
-                 estimate: estimators.Estimate, started: float) -> dict[str, Any]:
+                 estimate: estimators.Estimate, started: float, budget: int | None
+                 ) -> dict[str, Any]:
     d = batches[0].diagnostics
     n_rep = pool.x.shape[0]
     se = float(estimate.se)
@@ -263,6 +264,8 @@ def _diagnostics(batches: list[SMCResult], pool: _Pool, moves: _Moves, n: int,
         "step_size": d.step_size.mean(dim=1).tolist(),
         "n_zero_weight": int(torch.isneginf(pool.log_w).sum()),
         "n_final_mcmc_steps": moves.n_steps, "final_accept_prob": moves.accept_prob,
-        "stopped_by_budget": any(b.diagnostics.stopped_by_budget for b in batches),
+        # a budget sizes the run (batches, then final moves), as it sizes MCMC runs
+        "stopped_by_budget": budget is not None,
+        "jumped_to_target": any(b.diagnostics.stopped_by_budget for b in batches),
         "resumed": False, "wall_s": time.perf_counter() - started,
     }
