@@ -52,6 +52,17 @@ SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Config override key=value (typed by the config field); repeatable.")]
 
 
+def count(text: str) -> int:
+    """A whole number given as 200000, 2e5 or 200_000 (a usage error otherwise)."""
+    try:
+        value = float(str(text).replace("_", ""))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number (e.g. 200000 or 2e5)") from None
+    if not value.is_integer():
+        raise typer.BadParameter(f"{text!r} is not a whole number")
+    return int(value)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Prints a clean error (no traceback) and returns the Exit to raise."""
     err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
@@ -221,7 +232,9 @@ def sample_command(
                       ] = None,
     sampler: Annotated[str | None, typer.Option(help="Sampler name.")] = None,
     budget: Annotated[int | None, typer.Option(
-        help="Target energy evaluations (configurations) the sampler may spend.")] = None,
+        parser=count, metavar="N",
+        help="Target energy evaluations (configurations) the sampler may spend (200000, 2e5)."
+    )] = None,
     seed: Annotated[int | None, typer.Option(
         help="Seed for torch/numpy/random (recorded; default 0).")] = None,
     out: Annotated[Path | None, typer.Option(
@@ -229,7 +242,7 @@ def sample_command(
     set_: SetOpt = None,
     preset: Annotated[str | None, typer.Option(help="Named sampler preset.")] = None,
     n_samples: Annotated[int | None, typer.Option(
-        help="Samples to return (default 1000).")] = None,
+        parser=count, metavar="N", help="Samples to return (default 1000).")] = None,
     target_param: Annotated[list[str] | None, typer.Option(
         help="Target parameter key=value; repeatable.")] = None,
     resume: Annotated[Path | None, typer.Option(
@@ -238,12 +251,19 @@ def sample_command(
         help="Reference samples (.npy or .npz, an n x dim array) to evaluate against.")] = None,
     figures: Annotated[bool, typer.Option(help="Draw the PNG figures.")] = True,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        help="Print the resolved target, preset and config, and exit without running.")
+    ] = False,
 ) -> None:
     """Sample TARGET with a sampler at a budget of energy evaluations; write a run directory."""
     if resume is None and (target is None or sampler is None or budget is None):
         missing = [n for n, v in (("TARGET", target), ("--sampler", sampler),
                                   ("--budget", budget)) if v is None]
         raise fail(f"missing {', '.join(missing)} (or pass --resume RUN_DIR)")
+    if dry_run:
+        with clean_errors():
+            _print_resolved(target, sampler, set_ or [], preset, target_param or [], resume)
+        return
     if out is None and resume is None:
         out = Path("runs") / f"{target}-{sampler}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = resume if resume is not None else out
@@ -323,7 +343,28 @@ def _precheck(target: str | None, sampler: str | None, sets: list[str], preset: 
     assert target is not None and sampler is not None
     runner.build_target(target, params)
     module = runner.sampler_module(sampler)
+    if preset is None:
+        preset = runner.default_preset(module, target)
     runner.sampler_config(module, sets, preset, sampler)
+
+
+def _print_resolved(target: str | None, sampler: str | None, sets: list[str],
+                    preset: str | None, params: list[str], resume: Path | None) -> None:
+    """`--dry-run`: what a run would use, resolved (presets, defaults, overrides)."""
+    if resume is not None:
+        record = runner.rundir.read_record(resume)
+        target, sampler, preset = record["target"], record["sampler"], record.get("preset")
+        params = [f"{k}={v}" for k, v in (record.get("target_params") or {}).items()]
+    assert target is not None and sampler is not None
+    built = runner.build_target(target, params)
+    module = runner.sampler_module(sampler)
+    chosen = runner.default_preset(module, target) if preset is None else preset
+    config = (runner.config_from_dict(module, runner.rundir.read_config(resume), sampler)
+              if resume is not None else runner.sampler_config(module, sets, chosen, sampler))
+    shown = {"target": target, **{f"target.{k}": v for k, v in built.describe().items()},
+             "sampler": sampler, "preset": chosen or "none (defaults)",
+             **{f"config.{k}": v for k, v in configs.to_dict(config).items()}}
+    console.print(metrics_table(shown, "resolved settings (--dry-run: nothing was run)"))
 
 
 @app.command("evaluate")
@@ -344,7 +385,9 @@ def evaluate_command(
 @app.command("reference")
 def reference_command(
     target: Annotated[str, typer.Argument(help="Target without an exact sampler, e.g. dw4.")],
-    n: Annotated[int | None, typer.Option(help="Number of samples (default 10,000).")] = None,
+    n: Annotated[int | None, typer.Option(
+        "--n-samples", "--n", parser=count, metavar="N",
+        help="Number of samples (default 10,000).")] = None,
     set_: SetOpt = None,
     target_param: Annotated[list[str] | None, typer.Option(
         help="Target parameter key=value; repeatable.")] = None,
@@ -356,7 +399,7 @@ def reference_command(
     from boltzkit.app import reference as project_reference
 
     if n is not None and n < 1:
-        raise fail(f"--n must be a positive number of samples, got {n}")
+        raise fail(f"--n-samples must be a positive number of samples, got {n}")
     with clean_errors():
         built = runner.build_target(target, target_param or [])
         if built.has_exact_samples:

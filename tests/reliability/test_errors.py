@@ -48,7 +48,7 @@ def test_unknown_parameter_of_a_target_without_parameters(bk: Any, tmp_path: Pat
 
 
 def test_reference_with_no_samples_is_refused(bk: Any) -> None:
-    bk.error(bk.cli("reference", "dw4", "--n", 0), 2, "--n must be a positive")
+    bk.error(bk.cli("reference", "dw4", "--n", 0), 2, "--n-samples must be a positive")
 
 
 def test_out_on_an_existing_file_or_below_one(bk: Any, tmp_path: Path) -> None:
