@@ -362,7 +362,8 @@ def _print_resolved(target: str | None, sampler: str | None, sets: list[str],
     config = (runner.config_from_dict(module, runner.rundir.read_config(resume), sampler)
               if resume is not None else runner.sampler_config(module, sets, chosen, sampler))
     shown = {"target": target, **{f"target.{k}": v for k, v in built.describe().items()},
-             "sampler": sampler, "preset": chosen or "none (defaults)",
+             "sampler": sampler,
+             "preset": "none (defaults)" if chosen in (None, runner.NO_PRESET) else chosen,
              **{f"config.{k}": v for k, v in configs.to_dict(config).items()}}
     console.print(metrics_table(shown, "resolved settings (--dry-run: nothing was run)"))
 
