@@ -183,7 +183,8 @@ _NUMBER = r"([0-9.eE+-]+)"
 def _custom_obc(force: Any, n: int) -> dict[str, GBParameters]:
     """The CustomGBForce of openmm.app.internal.customgbforces GBSAOBC1Force / GBSAOBC2Force
     (no salt: kappa = 0), recognised by its expressions; constants are read from them."""
-    names = [force.getPerParticleParameterName(k) for k in range(force.getNumPerParticleParameters())]
+    n_params = force.getNumPerParticleParameters()
+    names = [force.getPerParticleParameterName(k) for k in range(n_params)]
     values = [force.getComputedValueParameters(k)[1] for k in range(force.getNumComputedValues())]
     terms = [force.getEnergyTermParameters(k)[0] for k in range(force.getNumEnergyTerms())]
     born = re.search(rf"tanh\({_NUMBER}\*psi(?:-{_NUMBER}\*psi\^2)?\+{_NUMBER}\*psi\^3\)",
