@@ -1,0 +1,100 @@
+"""Energy + force throughput on alanine dipeptide: the torch backend vs the OpenMM context loop.
+
+For `aldp` (or `--target aldp-fab`): configurations per second of `log_prob_and_score` (energy
+and forces) at batches of 1e3, 1e4 and 1e5 configurations, the median of --repeats calls after
+one warm-up call, for the torch backend in float32 and float64 on --threads torch threads, and
+for the OpenMM loop (one CPU-platform context per thread, `setPositions` + `getState` per
+configuration; `backend=openmm`) on 1 and --threads threads. The OpenMM loop is linear in the
+batch, so it is timed at 1e3 and 1e4 only. Inputs: the PDB structure plus 0.01 nm Gaussian
+noise (the cost does not depend on the values). Prints a markdown table with the command, date,
+machine and load average (BENCHMARKS.md, "Alanine dipeptide energy throughput").
+
+    python benchmarks/aldp_energy.py [--threads 2] [--repeats 3] [--target aldp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from boltzkit.targets.molecules import MolecularTarget, aldp, aldp_fab
+
+BATCHES = (1_000, 10_000, 100_000)
+OPENMM_BATCHES = (1_000, 10_000)
+
+
+def seconds(call: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `repeats` calls after one warm-up call."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def inputs(t: MolecularTarget, n: int, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return (t.positions + 0.01 * torch.randn(n, t.dim, generator=g, dtype=torch.float64)).to(dtype)
+
+
+def rate(t: MolecularTarget, x: torch.Tensor, repeats: int) -> float:
+    """Configurations per second of energy + forces."""
+    return len(x) / seconds(lambda: t.log_prob_and_score(x), repeats)
+
+
+def rows(name: str, threads: int, repeats: int) -> list[tuple[str, int, float]]:
+    """(path, batch, configurations/s) for every measured case."""
+    make = {"aldp": aldp, "aldp-fab": aldp_fab}[name]
+    out = []
+    for dtype in (torch.float32, torch.float64):
+        t = make(backend="torch")
+        out += [(f"torch {str(dtype)[6:]}", n, rate(t, inputs(t, n, dtype), repeats))
+                for n in BATCHES]
+    for workers in sorted({1, threads}):
+        t = make(backend="openmm")
+        t.pool.n_workers = workers
+        path = f"OpenMM loop, {workers} thread{'s' * (workers > 1)}"
+        out += [(path, n, rate(t, inputs(t, n, torch.float64), 1)) for n in OPENMM_BATCHES]
+    return out
+
+
+def table(results: list[tuple[str, int, float]], threads: int) -> str:
+    loop = [r for p, n, r in results if p.startswith("OpenMM") and f"{threads} thread" in p]
+    base = max(loop)
+    lines = ["| path | batch | configurations/s | x OpenMM loop (same threads) |",
+             "|---|---|---|---|"]
+    for path, n, rate in results:
+        lines.append(f"| {path} | {n:,} | {rate:,.0f} | {rate / base:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--target", default="aldp", choices=["aldp", "aldp-fab"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    before = load()
+    results = rows(args.target, args.threads, args.repeats)
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; target {args.target}; "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__} with {args.threads} threads; "
+          f"load average before / after: {before} / {load()}")
+    print(table(results, args.threads))
+
+
+def load() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()
