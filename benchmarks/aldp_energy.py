@@ -1,13 +1,15 @@
 """Energy + force throughput on alanine dipeptide: the torch backend vs the OpenMM context loop.
 
 For `aldp` (or `--target aldp-fab`): configurations per second of `log_prob_and_score` (energy
-and forces) at batches of 1e3, 1e4 and 1e5 configurations, the median of --repeats calls after
-one warm-up call, for the torch backend in float32 and float64 on --threads torch threads, and
-for the OpenMM loop (one CPU-platform context per thread, `setPositions` + `getState` per
-configuration; `backend=openmm`) on 1 and --threads threads. The OpenMM loop is linear in the
-batch, so it is timed at 1e3 and 1e4 only. Inputs: the PDB structure plus 0.01 nm Gaussian
-noise (the cost does not depend on the values). Prints a markdown table with the command, date,
-machine and load average (BENCHMARKS.md, "Alanine dipeptide energy throughput").
+and forces), the median of --repeats calls after one warm-up call, on --threads threads:
+- the torch backend in float32 and float64: its compiled kernel at batches of 1e3, 1e4 and 1e5,
+  its tensor-op path with autograd forces (`target.fused = False`) at 1e3 and 1e4;
+- the OpenMM loop (`backend=openmm`: one CPU-platform context per thread, `setPositions` +
+  `getState` per configuration) on 1 and --threads threads at 1e3 and 1e4 (it is linear in the
+  batch).
+Inputs: the PDB structure plus 0.01 nm Gaussian noise (the cost does not depend on the values).
+Prints a markdown table with the command, date, machine and load average (BENCHMARKS.md,
+"Alanine dipeptide energy throughput").
 
     python benchmarks/aldp_energy.py [--threads 2] [--repeats 3] [--target aldp]
 """
@@ -26,7 +28,7 @@ import torch
 from boltzkit.targets.molecules import MolecularTarget, aldp, aldp_fab
 
 BATCHES = (1_000, 10_000, 100_000)
-OPENMM_BATCHES = (1_000, 10_000)
+OPENMM_BATCHES = AUTOGRAD_BATCHES = (1_000, 10_000)
 
 
 def seconds(call: Callable[[], object], repeats: int) -> float:
@@ -56,8 +58,11 @@ def rows(name: str, threads: int, repeats: int) -> list[tuple[str, int, float]]:
     out = []
     for dtype in (torch.float32, torch.float64):
         t = make(backend="torch")
-        out += [(f"torch {str(dtype)[6:]}", n, rate(t, inputs(t, n, dtype), repeats))
+        out += [(f"torch {str(dtype)[6:]}, fused kernel", n, rate(t, inputs(t, n, dtype), repeats))
                 for n in BATCHES]
+        t.fused = False
+        out += [(f"torch {str(dtype)[6:]}, tensor ops + autograd", n,
+                 rate(t, inputs(t, n, dtype), 1)) for n in AUTOGRAD_BATCHES]
     for workers in sorted({1, threads}):
         t = make(backend="openmm")
         t.pool.n_workers = workers

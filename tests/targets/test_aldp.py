@@ -18,7 +18,8 @@ openmm = pytest.importorskip("openmm")
 
 from boltzkit import targets  # noqa: E402
 from boltzkit.core.errors import UsageError  # noqa: E402
-from boltzkit.targets.molecules import MolecularTarget, aldp, aldp_fab  # noqa: E402
+from boltzkit.targets.molecules import MolecularTarget, aldp, aldp_fab, fused  # noqa: E402
+from boltzkit.targets.molecules.energy import energy  # noqa: E402
 from boltzkit.targets.molecules.parameters import from_openmm  # noqa: E402
 from boltzkit.targets.molecules.systems import K_B  # noqa: E402
 
@@ -81,14 +82,43 @@ def frames(name: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("kind", ["pdb", "md-300K", "md-1000K", "perturbed", "strongly-perturbed"])
-def test_torch_energies_and_forces_equal_openmm_reference(name, kind):
-    t = target(name)
+@pytest.mark.parametrize("path", ["fused", "autograd"])
+def test_torch_energies_and_forces_equal_openmm_reference(name, kind, path):
+    """Both torch paths: the compiled kernel (hand-derived forces) and tensor ops + autograd."""
+    if path == "fused" and fused.kernel() is None:
+        pytest.skip(f"no fused kernel: {fused.build_error()}")
+    t = target(name).uncounted()
+    t.fused = path == "fused"
     x = frames(name)[kind]
     e_ref, f_ref = reference(t, x)
     lp, score = t.log_prob_and_score(x)
     torch.testing.assert_close(-lp * t.kT, e_ref, rtol=1e-6, atol=1e-4)
     torch.testing.assert_close(score * t.kT, f_ref, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(-t.log_prob(x) * t.kT, e_ref, rtol=1e-6, atol=1e-4)
     torch.testing.assert_close(t.potential_energy(x), e_ref, rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_fused_kernel_equals_autograd_of_the_tensor_ops(name, dtype):
+    module = fused.kernel()
+    if module is None:
+        pytest.skip(f"no fused kernel: {fused.build_error()}")
+    t = target(name)
+    g = torch.Generator().manual_seed(3)
+    x = (t.positions + 0.03 * torch.randn(64, 66, generator=g, dtype=F64)).to(dtype)
+    ff = t._forcefield.to(x.device, dtype)
+    atoms = x.view(-1, 22, 3)
+    e, grad = fused.energy_and_grad(module, atoms, ff, need_grad=True)
+    e_only, none = fused.energy_and_grad(module, atoms, ff, need_grad=False)
+    xg = atoms.clone().requires_grad_(True)
+    e_ag = energy(xg, ff)
+    (grad_ag,) = torch.autograd.grad(e_ag.sum(), xg)
+    tol = 1e-10 if dtype == F64 else 1e-4
+    scale = grad_ag.abs().max().item()
+    torch.testing.assert_close(e, e_ag.detach(), rtol=tol, atol=tol * e_ag.abs().max().item())
+    torch.testing.assert_close(grad, grad_ag, rtol=tol, atol=tol * scale)
+    assert none is None and torch.equal(e_only, e)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -104,6 +134,7 @@ def test_a_wrong_force_field_term_is_detected(name):
                replace(ff.gb, **dict(zip(["alpha", "beta", "gamma"], other, strict=True)))]:
         broken = MolecularTarget(t.molecule, backend="torch")
         broken._forcefield = replace(ff, gb=gb)
+        broken._cast.clear()
         assert (broken.potential_energy(x) - e_ref).abs().min() > 0.1
 
 

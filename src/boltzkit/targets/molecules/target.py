@@ -8,7 +8,9 @@ takes the condition in kelvin).
 
 Two backends compute the same E (equal to 1e-6 relative in float64; tests/targets/test_aldp.py):
 - "torch" (default): `energy.energy` on the force field read from the OpenMM system: batched,
-  device- and dtype-following, forces by autograd in chunks that fit in cache.
+  device- and dtype-following, forces by autograd in chunks that fit in cache; on CPU, when no
+  autograd graph is asked for, the compiled kernel `fused.py` (same energy, hand-derived
+  forces, threads over configurations) unless `target.fused = False` or it cannot be built.
 - "openmm": a pool of OpenMM CPU contexts (`openmm_pool.ContextPool`), float64, forces from
   OpenMM; differentiable once through its forces.
 """
@@ -22,6 +24,7 @@ from torch import Tensor
 
 from boltzkit.core.errors import UnknownName
 from boltzkit.targets.base import Target
+from boltzkit.targets.molecules import fused
 from boltzkit.targets.molecules.energy import energy
 from boltzkit.targets.molecules.openmm_pool import ContextPool
 from boltzkit.targets.molecules.parameters import ForceField, from_openmm
@@ -42,6 +45,8 @@ class MolecularTarget(Target):
         name: the registry name.
         n_workers: OpenMM contexts (threads) of the "openmm" backend; default: all cores.
     """
+
+    fused: bool = True  # use the compiled CPU kernel where it applies
 
     def __init__(self, molecule: MolecularSystem, temperature: float = 300.0,
                  backend: str = "torch", name: str = "molecule",
@@ -114,9 +119,15 @@ class MolecularTarget(Target):
         return self._cast[key]
 
     def _torch_chunks(self, x: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
-        """(E `[...]`, dE/dx `[..., dim]` or None) by the torch backend, chunk by chunk."""
+        """(E `[...]`, dE/dx `[..., dim]` or None) by the torch backend: the compiled kernel
+        on CPU where available, else autograd chunk by chunk."""
         flat = x.reshape(-1, self.dim)
         ff = self._forcefield_for(x)
+        module = fused.kernel() if self.fused and x.device.type == "cpu" else None
+        if module is not None:
+            e, grad = fused.energy_and_grad(module, flat.view(-1, self.n_particles, 3), ff,
+                                            need_grad)
+            return e.view(x.shape[:-1]), None if grad is None else grad.view(x.shape)
         e = flat.new_empty(flat.shape[0])
         grad = torch.empty_like(flat) if need_grad else None
         for start in range(0, flat.shape[0], _CHUNK):
