@@ -109,8 +109,9 @@ def test_fused_kernel_equals_autograd_of_the_tensor_ops(name, dtype):
     x = (t.positions + 0.03 * torch.randn(64, 66, generator=g, dtype=F64)).to(dtype)
     ff = t._forcefield.to(x.device, dtype)
     atoms = x.view(-1, 22, 3)
-    e, grad = fused.energy_and_grad(module, atoms, ff, need_grad=True)
-    e_only, none = fused.energy_and_grad(module, atoms, ff, need_grad=False)
+    e, grad = fused.energy_and_grad(module, atoms, t._forcefield, need_grad=True)
+    e_only, none = fused.energy_and_grad(module, atoms, t._forcefield, need_grad=False)
+    assert e.dtype == grad.dtype == dtype
     xg = atoms.clone().requires_grad_(True)
     e_ag = energy(xg, ff)
     (grad_ag,) = torch.autograd.grad(e_ag.sum(), xg)

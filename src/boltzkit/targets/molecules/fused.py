@@ -23,6 +23,9 @@ from boltzkit.targets.molecules.parameters import ForceField
 
 _SOURCE = Path(__file__).with_name("forcefield_fused.cpp")
 _state: dict[str, ModuleType | str | None] = {}
+_AVX2 = ["-mavx2", "-mfma"]
+_ISA_FLAGS = {"avx2": _AVX2, "avx512": _AVX2 + ["-mavx512f", "-mavx512dq", "-mavx512vl",
+                                                 "-mavx512bw", "-mprefer-vector-width=512"]}
 
 
 def kernel() -> ModuleType | None:
@@ -46,7 +49,8 @@ def _build() -> tuple[ModuleType | None, str | None]:
         _ninja_on_path()
         capability = torch.backends.cpu.get_cpu_capability().lower()
         name = f"boltzkit_forcefield_{capability}"  # one build per instruction set
-        flags = ["-O3"] + (["-mavx2", "-mfma"] if capability.startswith("avx") else [])
+        # fast-math: the pair loops vectorise with libmvec's log/exp (forcefield_fused.cpp)
+        flags = ["-O3", "-ffast-math", "-fopenmp-simd"] + _ISA_FLAGS.get(capability, [])
         build = Path(cpp_extension._get_build_directory(name, False))
         if not (build / f"{name}.so").exists():
             print(f"boltzkit: building the fused force-field kernel in {build} (first use "
@@ -73,7 +77,14 @@ def _ninja_on_path() -> None:
 
 def energy_and_grad(module: ModuleType, x: Tensor, ff: ForceField, need_grad: bool
                     ) -> tuple[Tensor, Tensor | None]:
-    """(E `[b]`, dE/dx `[b, n, 3]` or None) for CPU x `[b, n, 3]`; ff in x's dtype."""
+    """(E `[b]`, dE/dx `[b, n, 3]` or None) for CPU x `[b, n, 3]`; ff in float64.
+
+    The kernel computes in float64; results come back in x's dtype.
+    """
+    dtype = x.dtype
+    x = x.to(torch.float64)
+    if ff.nb_qq.dtype != torch.float64:
+        ff = ff.to(x.device, torch.float64)
     gb = ff.gb
     empty = x.new_empty(0)
     ints = [ff.bonds, ff.angles, ff.torsions, ff.pairs, ff.nb_pair]
@@ -84,4 +95,4 @@ def energy_and_grad(module: ModuleType, x: Tensor, ff: ForceField, need_grad: bo
                 gb.sa_factor, gb.probe] if gb else [0.0] * 9)
     e, grad = module.energy_and_grad(x.contiguous(), [t.contiguous() for t in ints],
                                      [t.contiguous() for t in reals], scalars, need_grad)
-    return e, grad if need_grad else None
+    return e.to(dtype), grad.to(dtype) if need_grad else None

@@ -110,24 +110,25 @@ class MolecularTarget(Target):
         if self.backend == "openmm":
             return _openmm_energy_and_grad(self.pool, x, forces=False)[0]
         atoms = x.unflatten(-1, (self.n_particles, 3))
-        return energy(atoms, self._forcefield_for(x))
+        return energy(atoms, self._forcefield_for(x.device, x.dtype))
 
-    def _forcefield_for(self, x: Tensor) -> ForceField:
-        key = (x.device, x.dtype)
+    def _forcefield_for(self, device: torch.device, dtype: torch.dtype) -> ForceField:
+        key = (device, dtype)
         if key not in self._cast:
-            self._cast[key] = self._forcefield.to(x.device, x.dtype)
+            self._cast[key] = self._forcefield.to(device, dtype)
         return self._cast[key]
 
     def _torch_chunks(self, x: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
         """(E `[...]`, dE/dx `[..., dim]` or None) by the torch backend: the compiled kernel
         on CPU where available, else autograd chunk by chunk."""
         flat = x.reshape(-1, self.dim)
-        ff = self._forcefield_for(x)
         module = fused.kernel() if self.fused and x.device.type == "cpu" else None
         if module is not None:
-            e, grad = fused.energy_and_grad(module, flat.view(-1, self.n_particles, 3), ff,
+            ff64 = self._forcefield_for(x.device, torch.float64)
+            e, grad = fused.energy_and_grad(module, flat.view(-1, self.n_particles, 3), ff64,
                                             need_grad)
             return e.view(x.shape[:-1]), None if grad is None else grad.view(x.shape)
+        ff = self._forcefield_for(x.device, x.dtype)
         e = flat.new_empty(flat.shape[0])
         grad = torch.empty_like(flat) if need_grad else None
         for start in range(0, flat.shape[0], _CHUNK):
