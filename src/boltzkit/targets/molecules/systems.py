@@ -54,9 +54,19 @@ def data_file(name: str) -> Path:
     return path
 
 
+def _openmm_app() -> Any:
+    """openmm.app, or an ImportError that says how to install it."""
+    try:
+        import openmm.app as app
+    except ImportError as err:
+        raise ModuleNotFoundError("molecular targets need openmm: pip install 'boltzkit[md]' "
+                                  f"({err})", name="openmm") from None
+    return app
+
+
 def aldp_tsf_system() -> MolecularSystem:
     """The TRADE/TSF alanine dipeptide: amber99sbildn + amber96_obc, NoCutoff, HBonds."""
-    import openmm.app as app
+    app = _openmm_app()
 
     pdb = app.PDBFile(str(data_file("alanine-dipeptide.pdb")))
     forcefield = app.ForceField("amber99sbildn.xml", "amber96_obc.xml")
@@ -67,7 +77,7 @@ def aldp_tsf_system() -> MolecularSystem:
 
 def aldp_fab_system() -> MolecularSystem:
     """The FAB/ASBS alanine dipeptide: AMBER ff96 prmtop + OBC1, no cutoff, no constraints."""
-    import openmm.app as app
+    app = _openmm_app()
 
     prmtop = app.AmberPrmtopFile(str(data_file("alanine-dipeptide.prmtop")))
     inpcrd = app.AmberInpcrdFile(str(data_file("alanine-dipeptide.crd")))
