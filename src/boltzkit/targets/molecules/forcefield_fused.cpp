@@ -13,6 +13,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -31,135 +32,121 @@ struct Params {
   const T *bond_length, *bond_k, *angle_theta, *angle_k, *torsion_n, *torsion_phase,
       *torsion_k, *nb_qq, *nb_sigma, *nb_epsilon, *charge, *offset_radius, *scaled_radius;
   const T *cos_phase, *sin_phase;
-  int max_periodicity;
   GB gb;
 };
 
-template <typename T>
-inline void sub3(const T* a, const T* b, T* out) {
-  out[0] = a[0] - b[0]; out[1] = a[1] - b[1]; out[2] = a[2] - b[2];
-}
-template <typename T>
-inline T dot3(const T* a, const T* b) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
-template <typename T>
-inline void cross3(const T* a, const T* b, T* out) {
-  out[0] = a[1] * b[2] - a[2] * b[1];
-  out[1] = a[2] * b[0] - a[0] * b[2];
-  out[2] = a[0] * b[1] - a[1] * b[0];
-}
-template <typename T>
-inline void axpy3(T a, const T* v, T* out) { out[0] += a * v[0]; out[1] += a * v[1]; out[2] += a * v[2]; }
+// Configurations are processed in blocks of L, laid out [coordinate][lane]: every loop over
+// force-field terms has an inner loop over the L lanes with the same atom indices, so loads and
+// stores are contiguous, the gradient updates of different lanes never collide, and the lane
+// loop vectorises, transcendental functions included (glibc's libmvec, -ffast-math).
+constexpr int L = 16;
+#define LANES _Pragma("omp simd") for (int l = 0; l < L; ++l)
 
-// Every per-term loop is branch-free over contiguous (structure-of-arrays) scratch, so that the
-// compiler vectorises it, transcendental functions included (glibc's libmvec, -ffast-math);
-// the scatter of gradients onto atoms follows in a scalar loop (its writes collide).
 template <typename T>
-struct Scratch {
-  std::vector<T> dx, dy, dz, r, dedr, h_ij, h_ji, dh_ij, dh_ji, bi, bj, common, integral, born,
-      dbdi, dedb, w, t0, t1, t2, t3, t4, t5, t6, t7;
-  Scratch(int64_t n_pairs, int64_t n_atoms, int64_t n_terms)
-      : dx(n_pairs), dy(n_pairs), dz(n_pairs), r(n_pairs), dedr(n_pairs), h_ij(n_pairs),
-        h_ji(n_pairs), dh_ij(n_pairs), dh_ji(n_pairs), bi(n_pairs), bj(n_pairs),
-        common(n_pairs), integral(n_atoms), born(n_atoms), dbdi(n_atoms), dedb(n_atoms),
-        w(n_atoms), t0(n_terms), t1(n_terms), t2(n_terms), t3(n_terms), t4(n_terms),
-        t5(n_terms), t6(n_terms), t7(n_terms) {}
+struct Block {
+  std::vector<T> x, g, e, dx, dy, dz, r, dedr, dh_ij, dh_ji, integral, born, dbdi, dedb;
+  Block(int64_t n_atoms, int64_t n_pairs)
+      : x(3 * n_atoms * L), g(3 * n_atoms * L), e(L), dx(n_pairs * L), dy(n_pairs * L),
+        dz(n_pairs * L), r(n_pairs * L), dedr(n_pairs * L), dh_ij(n_pairs * L),
+        dh_ji(n_pairs * L), integral(n_atoms * L), born(n_atoms * L), dbdi(n_atoms * L),
+        dedb(n_atoms * L) {}
+  T* at(std::vector<T>& v, int64_t row) { return v.data() + row * L; }
 };
 
 template <typename T>
-T bonds(const Params<T>& p, const T* x, T* g) {
-  T e = 0;
+void bonds(const Params<T>& p, Block<T>& s) {
+  T* e = s.e.data();
   for (int64_t k = 0; k < p.n_bonds; ++k) {
     const int64_t i = p.bonds[2 * k], j = p.bonds[2 * k + 1];
-    T d[3];
-    sub3(x + 3 * j, x + 3 * i, d);
-    const T r = std::sqrt(dot3(d, d)), s = r - p.bond_length[k];
-    e += T(0.5) * p.bond_k[k] * s * s;
-    const T c = p.bond_k[k] * s / r;
-    axpy3(c, d, g + 3 * j);
-    axpy3(-c, d, g + 3 * i);
+    const T *xi = s.at(s.x, 3 * i), *xj = s.at(s.x, 3 * j);
+    T *gi = s.at(s.g, 3 * i), *gj = s.at(s.g, 3 * j);
+    const T r0 = p.bond_length[k], kk = p.bond_k[k];
+    LANES {
+      const T dx = xj[l] - xi[l], dy = xj[L + l] - xi[L + l], dz = xj[2 * L + l] - xi[2 * L + l];
+      const T r = std::sqrt(dx * dx + dy * dy + dz * dz), d = r - r0;
+      e[l] += T(0.5) * kk * d * d;
+      const T c = kk * d / r;
+      gj[l] += c * dx; gj[L + l] += c * dy; gj[2 * L + l] += c * dz;
+      gi[l] -= c * dx; gi[L + l] -= c * dy; gi[2 * L + l] -= c * dz;
+    }
   }
-  return e;
 }
 
+// theta = atan2(|u x v|, u . v) at atom j; d theta / du = (uv u / |u|^2 - v) / |u x v|.
 template <typename T>
-T angles(const Params<T>& p, const T* x, T* g) {
-  T e = 0;
+void angles(const Params<T>& p, Block<T>& s) {
+  T* e = s.e.data();
   for (int64_t k = 0; k < p.n_angles; ++k) {
-    const int64_t i = p.angles[3 * k], j = p.angles[3 * k + 1], l = p.angles[3 * k + 2];
-    T u[3], v[3], w[3];
-    sub3(x + 3 * i, x + 3 * j, u);
-    sub3(x + 3 * l, x + 3 * j, v);
-    cross3(u, v, w);
-    const T uu = dot3(u, u), vv = dot3(v, v), uv = dot3(u, v), cw = std::sqrt(dot3(w, w));
-    const T theta = std::atan2(cw, uv), s = theta - p.angle_theta[k];
-    e += T(0.5) * p.angle_k[k] * s * s;
-    // d theta / du = (uv u / |u|^2 - v) / |u x v|, and symmetrically for v.
-    const T c = p.angle_k[k] * s / cw;
-    for (int a = 0; a < 3; ++a) {
-      const T gu = c * (uv * u[a] / uu - v[a]), gv = c * (uv * v[a] / vv - u[a]);
-      g[3 * i + a] += gu;
-      g[3 * l + a] += gv;
-      g[3 * j + a] -= gu + gv;
+    const int64_t* q = p.angles + 3 * k;
+    const T *xi = s.at(s.x, 3 * q[0]), *xj = s.at(s.x, 3 * q[1]), *xk = s.at(s.x, 3 * q[2]);
+    T *gi = s.at(s.g, 3 * q[0]), *gj = s.at(s.g, 3 * q[1]), *gk = s.at(s.g, 3 * q[2]);
+    const T t0 = p.angle_theta[k], kk = p.angle_k[k];
+    LANES {
+      const T ux = xi[l] - xj[l], uy = xi[L + l] - xj[L + l], uz = xi[2 * L + l] - xj[2 * L + l];
+      const T vx = xk[l] - xj[l], vy = xk[L + l] - xj[L + l], vz = xk[2 * L + l] - xj[2 * L + l];
+      const T wx = uy * vz - uz * vy, wy = uz * vx - ux * vz, wz = ux * vy - uy * vx;
+      const T uu = ux * ux + uy * uy + uz * uz, vv = vx * vx + vy * vy + vz * vz;
+      const T uv = ux * vx + uy * vy + uz * vz, cw = std::sqrt(wx * wx + wy * wy + wz * wz);
+      const T d = std::atan2(cw, uv) - t0;
+      e[l] += T(0.5) * kk * d * d;
+      const T c = kk * d / cw, cu = c * uv / uu, cv = c * uv / vv;
+      const T gux = cu * ux - c * vx, guy = cu * uy - c * vy, guz = cu * uz - c * vz;
+      const T gvx = cv * vx - c * ux, gvy = cv * vy - c * uy, gvz = cv * vz - c * uz;
+      gi[l] += gux; gi[L + l] += guy; gi[2 * L + l] += guz;
+      gk[l] += gvx; gk[L + l] += gvy; gk[2 * L + l] += gvz;
+      gj[l] -= gux + gvx; gj[L + l] -= guy + gvy; gj[2 * L + l] -= guz + gvz;
     }
   }
-  return e;
 }
 
-// Torsions: phi = atan2(|b2| b1 . n, m . n), m = b1 x b2, n = b2 x b3; gradients of Blondel &
-// Karplus: d phi/dx_i = -|b2| m / |m|^2, d phi/dx_l = |b2| n / |n|^2, and x_j, x_k from
-// f1 = b1.b2/|b2|^2, f3 = b3.b2/|b2|^2.
+// phi = atan2(|b2| b1 . n, m . n), m = b1 x b2, n = b2 x b3; cos(n phi - phase) without atan2:
+// (cos phi, sin phi) from (x, y), then (cos n phi, sin n phi) by n - 1 rotations (OpenMM's
+// periodicities are integers). Gradients of Blondel & Karplus: d phi/dx_i = -|b2| m / |m|^2,
+// d phi/dx_l = |b2| n / |n|^2, x_j and x_k from f1 = b1.b2/|b2|^2, f3 = b3.b2/|b2|^2.
 template <typename T>
-T torsions(const Params<T>& p, const T* x, T* g, Scratch<T>& s) {
-  T e = 0;
-  const int64_t* q = p.torsions;
-  T *gix = s.t0.data(), *giy = s.t1.data(), *giz = s.t2.data(), *glx = s.t3.data(),
-    *gly = s.t4.data(), *glz = s.t5.data(), *f1s = s.t6.data(), *f3s = s.t7.data();
-#pragma omp simd reduction(+ : e)
+void torsions(const Params<T>& p, Block<T>& s) {
+  T* e = s.e.data();
   for (int64_t k = 0; k < p.n_torsions; ++k) {
-    const T* x0 = x + 3 * q[4 * k];
-    const T* x1 = x + 3 * q[4 * k + 1];
-    const T* x2 = x + 3 * q[4 * k + 2];
-    const T* x3 = x + 3 * q[4 * k + 3];
-    const T b1x = x1[0] - x0[0], b1y = x1[1] - x0[1], b1z = x1[2] - x0[2];
-    const T b2x = x2[0] - x1[0], b2y = x2[1] - x1[1], b2z = x2[2] - x1[2];
-    const T b3x = x3[0] - x2[0], b3y = x3[1] - x2[1], b3z = x3[2] - x2[2];
-    const T mx = b1y * b2z - b1z * b2y, my = b1z * b2x - b1x * b2z, mz = b1x * b2y - b1y * b2x;
-    const T nx = b2y * b3z - b2z * b3y, ny = b2z * b3x - b2x * b3z, nz = b2x * b3y - b2y * b3x;
-    const T mm = mx * mx + my * my + mz * mz, nn = nx * nx + ny * ny + nz * nz;
-    const T b2b2 = b2x * b2x + b2y * b2y + b2z * b2z, lb2 = std::sqrt(b2b2);
-    // cos(n phi - phase) and its derivative without atan2: cos phi, sin phi from (x, y), then
-    // (cos m phi, sin m phi) by rotation up to the largest periodicity (select at m = n).
-    const T yy = lb2 * (b1x * nx + b1y * ny + b1z * nz), xx = mx * nx + my * ny + mz * nz;
-    const T inv = 1 / std::sqrt(xx * xx + yy * yy), c1 = xx * inv, s1 = yy * inv;
-    const T nk = p.torsion_n[k];
-    T cm = 1, sm = 0, cn = 1, sn = 0;
-    for (int m = 1; m <= p.max_periodicity; ++m) {
-      const T c_next = cm * c1 - sm * s1;
-      sm = sm * c1 + cm * s1;
-      cm = c_next;
-      cn = (T(m) == nk) ? cm : cn;
-      sn = (T(m) == nk) ? sm : sn;
-    }
-    const T cp = p.cos_phase[k], sp = p.sin_phase[k];
-    e += p.torsion_k[k] * (1 + cn * cp + sn * sp);
-    const T de = -p.torsion_k[k] * nk * (sn * cp - cn * sp);
-    const T ci = -de * lb2 / mm, cl = de * lb2 / nn;
-    gix[k] = ci * mx; giy[k] = ci * my; giz[k] = ci * mz;
-    glx[k] = cl * nx; gly[k] = cl * ny; glz[k] = cl * nz;
-    f1s[k] = (b1x * b2x + b1y * b2y + b1z * b2z) / b2b2;
-    f3s[k] = (b3x * b2x + b3y * b2y + b3z * b2z) / b2b2;
-  }
-  for (int64_t k = 0; k < p.n_torsions; ++k) {
-    const T gi[3] = {gix[k], giy[k], giz[k]}, gl[3] = {glx[k], gly[k], glz[k]};
-    const T f1 = f1s[k], f3 = f3s[k];
-    for (int a = 0; a < 3; ++a) {
-      g[3 * q[4 * k] + a] += gi[a];
-      g[3 * q[4 * k + 3] + a] += gl[a];
-      g[3 * q[4 * k + 1] + a] += f3 * gl[a] - (1 + f1) * gi[a];
-      g[3 * q[4 * k + 2] + a] += f1 * gi[a] - (1 + f3) * gl[a];
+    const int64_t* q = p.torsions + 4 * k;
+    const T *x0 = s.at(s.x, 3 * q[0]), *x1 = s.at(s.x, 3 * q[1]), *x2 = s.at(s.x, 3 * q[2]),
+            *x3 = s.at(s.x, 3 * q[3]);
+    T *g0 = s.at(s.g, 3 * q[0]), *g1 = s.at(s.g, 3 * q[1]), *g2 = s.at(s.g, 3 * q[2]),
+      *g3 = s.at(s.g, 3 * q[3]);
+    const T nk = p.torsion_n[k], kk = p.torsion_k[k], cp = p.cos_phase[k], sp = p.sin_phase[k];
+    const int n_int = static_cast<int>(nk);  // the same for every lane
+    LANES {
+      const T b1x = x1[l] - x0[l], b1y = x1[L + l] - x0[L + l], b1z = x1[2 * L + l] - x0[2 * L + l];
+      const T b2x = x2[l] - x1[l], b2y = x2[L + l] - x1[L + l], b2z = x2[2 * L + l] - x1[2 * L + l];
+      const T b3x = x3[l] - x2[l], b3y = x3[L + l] - x2[L + l], b3z = x3[2 * L + l] - x2[2 * L + l];
+      const T mx = b1y * b2z - b1z * b2y, my = b1z * b2x - b1x * b2z, mz = b1x * b2y - b1y * b2x;
+      const T nx = b2y * b3z - b2z * b3y, ny = b2z * b3x - b2x * b3z, nz = b2x * b3y - b2y * b3x;
+      const T mm = mx * mx + my * my + mz * mz, nn = nx * nx + ny * ny + nz * nz;
+      const T b2b2 = b2x * b2x + b2y * b2y + b2z * b2z, lb2 = std::sqrt(b2b2);
+      const T yy = lb2 * (b1x * nx + b1y * ny + b1z * nz), xx = mx * nx + my * ny + mz * nz;
+      const T inv = 1 / std::sqrt(xx * xx + yy * yy), c1 = xx * inv, s1 = yy * inv;
+      T cn = n_int > 0 ? c1 : T(1), sn = n_int > 0 ? s1 : T(0);
+      for (int m = 2; m <= n_int; ++m) {
+        const T c_next = cn * c1 - sn * s1;
+        sn = sn * c1 + cn * s1;
+        cn = c_next;
+      }
+      e[l] += kk * (1 + cn * cp + sn * sp);
+      const T de = -kk * nk * (sn * cp - cn * sp);
+      const T ci = -de * lb2 / mm, cl = de * lb2 / nn;
+      const T f1 = (b1x * b2x + b1y * b2y + b1z * b2z) / b2b2;
+      const T f3 = (b3x * b2x + b3y * b2y + b3z * b2z) / b2b2;
+      const T gix = ci * mx, giy = ci * my, giz = ci * mz;
+      const T glx = cl * nx, gly = cl * ny, glz = cl * nz;
+      g0[l] += gix; g0[L + l] += giy; g0[2 * L + l] += giz;
+      g3[l] += glx; g3[L + l] += gly; g3[2 * L + l] += glz;
+      g1[l] += f3 * glx - (1 + f1) * gix;
+      g1[L + l] += f3 * gly - (1 + f1) * giy;
+      g1[2 * L + l] += f3 * glz - (1 + f1) * giz;
+      g2[l] += f1 * gix - (1 + f3) * glx;
+      g2[L + l] += f1 * giy - (1 + f3) * gly;
+      g2[2 * L + l] += f1 * giz - (1 + f3) * glz;
     }
   }
-  return e;
 }
 
 // h(r) = 0.5 (1/L - 1/U + (r - sr^2/r)(1/U^2 - 1/L^2)/4 + log(L/U)/(2r)) [+ 1/or - 1/L], and
@@ -184,103 +171,118 @@ inline void pair_integral(T r, T or_i, T sr_j, bool engulf, T& h, T& dh) {
 }
 
 template <typename T>
-T gb_terms(const Params<T>& p, Scratch<T>& s);
+void gb_terms(const Params<T>& p, Block<T>& s);
 
 template <typename T>
-T pair_terms(const Params<T>& p, const T* x, T* g, Scratch<T>& s) {
-  const int64_t P = p.n_pairs;
-  const int64_t* pi = p.pairs;
-  T *dx = s.dx.data(), *dy = s.dy.data(), *dz = s.dz.data(), *r = s.r.data(),
-    *dedr = s.dedr.data();
-#pragma omp simd
-  for (int64_t k = 0; k < P; ++k) {
-    const T* xi = x + 3 * pi[2 * k];
-    const T* xj = x + 3 * pi[2 * k + 1];
-    dx[k] = xj[0] - xi[0]; dy[k] = xj[1] - xi[1]; dz[k] = xj[2] - xi[2];
-    r[k] = std::sqrt(dx[k] * dx[k] + dy[k] * dy[k] + dz[k] * dz[k]);
-    dedr[k] = 0;
+void pair_terms(const Params<T>& p, Block<T>& s) {
+  T* e = s.e.data();
+  for (int64_t k = 0; k < p.n_pairs; ++k) {
+    const int64_t i = p.pairs[2 * k], j = p.pairs[2 * k + 1];
+    const T *xi = s.at(s.x, 3 * i), *xj = s.at(s.x, 3 * j);
+    T *dx = s.at(s.dx, k), *dy = s.at(s.dy, k), *dz = s.at(s.dz, k), *r = s.at(s.r, k),
+      *dedr = s.at(s.dedr, k);
+    LANES {
+      dx[l] = xj[l] - xi[l]; dy[l] = xj[L + l] - xi[L + l]; dz[l] = xj[2 * L + l] - xi[2 * L + l];
+      r[l] = std::sqrt(dx[l] * dx[l] + dy[l] * dy[l] + dz[l] * dz[l]);
+      dedr[l] = 0;
+    }
   }
-  T e = 0;
-#pragma omp simd reduction(+ : e)
-  for (int64_t m = 0; m < p.n_nb; ++m) {  // nb_pair holds distinct pairs: no write conflicts
+  for (int64_t m = 0; m < p.n_nb; ++m) {
     const int64_t k = p.nb_pair[m];
-    const T ir = 1 / r[k], sr = p.nb_sigma[m] * ir, s2 = sr * sr, s6 = s2 * s2 * s2;
-    const T coul = p.nb_qq[m] * ir, lj = 4 * p.nb_epsilon[m] * (s6 * s6 - s6);
-    e += coul + lj;
-    dedr[k] += (-coul + 4 * p.nb_epsilon[m] * (-12 * s6 * s6 + 6 * s6)) * ir;
+    const T *r = s.at(s.r, k);
+    T* dedr = s.at(s.dedr, k);
+    const T qq = p.nb_qq[m], sigma = p.nb_sigma[m], eps4 = 4 * p.nb_epsilon[m];
+    LANES {
+      const T ir = 1 / r[l], sr = sigma * ir, s2 = sr * sr, s6 = s2 * s2 * s2;
+      const T coul = qq * ir;
+      e[l] += coul + eps4 * (s6 * s6 - s6);
+      dedr[l] += (-coul + eps4 * (-12 * s6 * s6 + 6 * s6)) * ir;
+    }
   }
-  if (p.gb.on) e += gb_terms(p, s);
-  for (int64_t k = 0; k < P; ++k) {
-    const int64_t i = pi[2 * k], j = pi[2 * k + 1];
-    const T c = dedr[k] / r[k];
-    g[3 * j] += c * dx[k]; g[3 * j + 1] += c * dy[k]; g[3 * j + 2] += c * dz[k];
-    g[3 * i] -= c * dx[k]; g[3 * i + 1] -= c * dy[k]; g[3 * i + 2] -= c * dz[k];
+  if (p.gb.on) gb_terms(p, s);
+  for (int64_t k = 0; k < p.n_pairs; ++k) {
+    const int64_t i = p.pairs[2 * k], j = p.pairs[2 * k + 1];
+    const T *dx = s.at(s.dx, k), *dy = s.at(s.dy, k), *dz = s.at(s.dz, k), *r = s.at(s.r, k),
+            *dedr = s.at(s.dedr, k);
+    T *gi = s.at(s.g, 3 * i), *gj = s.at(s.g, 3 * j);
+    LANES {
+      const T c = dedr[l] / r[l];
+      gj[l] += c * dx[l]; gj[L + l] += c * dy[l]; gj[2 * L + l] += c * dz[l];
+      gi[l] -= c * dx[l]; gi[L + l] -= c * dy[l]; gi[2 * L + l] -= c * dz[l];
+    }
   }
-  return e;
 }
 
 // OBC GB + ACE: Born radii from the pair integrals, the energy, then dE/dB_i dB_i/dI_i pushed
 // onto each pair's dh/dr (both directions) in dedr.
 template <typename T>
-T gb_terms(const Params<T>& p, Scratch<T>& s) {
+void gb_terms(const Params<T>& p, Block<T>& s) {
   const GB& gb = p.gb;
-  const int64_t n = p.n_atoms, P = p.n_pairs;
-  const int64_t* pi = p.pairs;
-  const T *r = s.r.data(), *orad = p.offset_radius, *srad = p.scaled_radius, *q = p.charge;
-  T *h_ij = s.h_ij.data(), *h_ji = s.h_ji.data(), *dh_ij = s.dh_ij.data(),
-    *dh_ji = s.dh_ji.data(), *dedr = s.dedr.data();
-  const bool engulf = gb.engulf;
-#pragma omp simd
-  for (int64_t k = 0; k < P; ++k) {
-    const int64_t i = pi[2 * k], j = pi[2 * k + 1];
-    pair_integral(r[k], orad[i], srad[j], engulf, h_ij[k], dh_ij[k]);
-    pair_integral(r[k], orad[j], srad[i], engulf, h_ji[k], dh_ji[k]);
-  }
-  T* integral = s.integral.data();
-  std::fill(integral, integral + n, T(0));
-  for (int64_t k = 0; k < P; ++k) {
-    integral[pi[2 * k]] += h_ij[k];
-    integral[pi[2 * k + 1]] += h_ji[k];
+  const int64_t n = p.n_atoms;
+  T* e = s.e.data();
+  std::fill(s.integral.begin(), s.integral.end(), T(0));
+  for (int64_t k = 0; k < p.n_pairs; ++k) {
+    const int64_t i = p.pairs[2 * k], j = p.pairs[2 * k + 1];
+    const T or_i = p.offset_radius[i], or_j = p.offset_radius[j];
+    const T sr_i = p.scaled_radius[i], sr_j = p.scaled_radius[j];
+    const T* r = s.at(s.r, k);
+    T *dh_ij = s.at(s.dh_ij, k), *dh_ji = s.at(s.dh_ji, k);
+    T *int_i = s.at(s.integral, i), *int_j = s.at(s.integral, j);
+    const bool engulf = gb.engulf;
+    LANES {
+      T h_ij, h_ji;
+      pair_integral(r[l], or_i, sr_j, engulf, h_ij, dh_ij[l]);
+      pair_integral(r[l], or_j, sr_i, engulf, h_ji, dh_ji[l]);
+      int_i[l] += h_ij;
+      int_j[l] += h_ji;
+    }
   }
   const T pref = T(gb.prefactor), alpha = T(gb.alpha), beta = T(gb.beta), gamma = T(gb.gamma);
-  T e = 0;
-  T *born = s.born.data(), *dbdi = s.dbdi.data(), *dedb = s.dedb.data();
-#pragma omp simd reduction(+ : e)
   for (int64_t i = 0; i < n; ++i) {
-    const T rho = orad[i] + T(gb.offset), psi = orad[i] * integral[i];
-    const T t = std::tanh(psi * (alpha + psi * (-beta + psi * gamma)));
-    const T b = 1 / (1 / orad[i] - t / rho);
-    born[i] = b;
-    const T ratio = rho / b, r2 = ratio * ratio, sa_r = rho + T(gb.probe);
-    const T sa = T(gb.sa_factor) * sa_r * sa_r * r2 * r2 * r2;
-    e += pref * T(0.5) * q[i] * q[i] / b + sa;
-    const T dt = (1 - t * t) * (alpha + psi * (-2 * beta + 3 * psi * gamma));
-    dbdi[i] = b * b * dt * orad[i] / rho;  // dB/dI
-    dedb[i] = -pref * T(0.5) * q[i] * q[i] / (b * b) - 6 * sa / b;
+    const T orad = p.offset_radius[i], rho = orad + T(gb.offset), q = p.charge[i];
+    const T sa_r = rho + T(gb.probe), sa0 = T(gb.sa_factor) * sa_r * sa_r;
+    const T* integral = s.at(s.integral, i);
+    T *born = s.at(s.born, i), *dbdi = s.at(s.dbdi, i), *dedb = s.at(s.dedb, i);
+    LANES {
+      const T psi = orad * integral[l];
+      const T t = std::tanh(psi * (alpha + psi * (-beta + psi * gamma)));
+      const T b = 1 / (1 / orad - t / rho);
+      born[l] = b;
+      const T ratio = rho / b, r2 = ratio * ratio, sa = sa0 * r2 * r2 * r2;
+      e[l] += pref * T(0.5) * q * q / b + sa;
+      const T dt = (1 - t * t) * (alpha + psi * (-2 * beta + 3 * psi * gamma));
+      dbdi[l] = b * b * dt * orad / rho;  // dB/dI
+      dedb[l] = -pref * T(0.5) * q * q / (b * b) - 6 * sa / b;
+    }
   }
-  T *common = s.common.data();
-#pragma omp simd reduction(+ : e)
-  for (int64_t k = 0; k < P; ++k) {
-    const int64_t i = pi[2 * k], j = pi[2 * k + 1];
-    const T bb = born[i] * born[j], rk = r[k], ex = std::exp(-rk * rk / (4 * bb));
-    const T f = std::sqrt(rk * rk + bb * ex), qq = pref * q[i] * q[j];
-    e += qq / f;
-    const T c = -qq / (f * f * f);  // d(qq/f)/df / f
-    dedr[k] += c * rk * (1 - T(0.25) * ex);
-    common[k] = T(0.5) * c * ex * (1 + rk * rk / (4 * bb));  // d(qq/f)/dB_i = common B_j
+  for (int64_t k = 0; k < p.n_pairs; ++k) {
+    const int64_t i = p.pairs[2 * k], j = p.pairs[2 * k + 1];
+    const T qq = pref * p.charge[i] * p.charge[j];
+    const T *r = s.at(s.r, k), *bi = s.at(s.born, i), *bj = s.at(s.born, j);
+    T *dedr = s.at(s.dedr, k), *dedb_i = s.at(s.dedb, i), *dedb_j = s.at(s.dedb, j);
+    LANES {
+      const T bb = bi[l] * bj[l], rk = r[l], ex = std::exp(-rk * rk / (4 * bb));
+      const T f = std::sqrt(rk * rk + bb * ex);
+      e[l] += qq / f;
+      const T c = -qq / (f * f * f);  // d(qq/f)/df / f
+      dedr[l] += c * rk * (1 - T(0.25) * ex);
+      const T common = T(0.5) * c * ex * (1 + rk * rk / (4 * bb));  // d(qq/f)/dB_i / B_j
+      dedb_i[l] += common * bj[l];
+      dedb_j[l] += common * bi[l];
+    }
   }
-  for (int64_t k = 0; k < P; ++k) {
-    const int64_t i = pi[2 * k], j = pi[2 * k + 1];
-    dedb[i] += common[k] * born[j];
-    dedb[j] += common[k] * born[i];
+  for (int64_t i = 0; i < n; ++i) {
+    T *dbdi = s.at(s.dbdi, i);
+    const T* dedb = s.at(s.dedb, i);
+    LANES { dbdi[l] *= dedb[l]; }  // now dE/dI_i
   }
-  T* w = s.w.data();
-  for (int64_t i = 0; i < n; ++i) w[i] = dedb[i] * dbdi[i];
-#pragma omp simd
-  for (int64_t k = 0; k < P; ++k) {
-    dedr[k] += w[pi[2 * k]] * dh_ij[k] + w[pi[2 * k + 1]] * dh_ji[k];
+  for (int64_t k = 0; k < p.n_pairs; ++k) {
+    const int64_t i = p.pairs[2 * k], j = p.pairs[2 * k + 1];
+    const T *wi = s.at(s.dbdi, i), *wj = s.at(s.dbdi, j), *dh_ij = s.at(s.dh_ij, k),
+            *dh_ji = s.at(s.dh_ji, k);
+    T* dedr = s.at(s.dedr, k);
+    LANES { dedr[l] += wi[l] * dh_ij[l] + wj[l] * dh_ji[l]; }
   }
-  return e;
 }
 
 template <typename T>
@@ -304,28 +306,40 @@ void run(const torch::Tensor& x, const std::vector<torch::Tensor>& ints,
   const auto cos_phase = reals[5].cos(), sin_phase = reals[5].sin();
   p.cos_phase = ptr<T>(cos_phase);
   p.sin_phase = ptr<T>(sin_phase);
-  p.max_periodicity = p.n_torsions ? static_cast<int>(reals[4].max().item<double>()) : 0;
   p.gb = gb;
   const int64_t batch = x.size(0), width = 3 * p.n_atoms;
   const T* xs = ptr<T>(x);
   T* es = energy.data_ptr<T>();
   T* gs = grad.data_ptr<T>();
-  at::parallel_for(0, batch, 64, [&](int64_t begin, int64_t end) {
-    Scratch<T> s(p.n_pairs, p.n_atoms, p.n_torsions);
-    std::vector<T> dummy(need_grad ? 0 : width);
-    for (int64_t b = begin; b < end; ++b) {
-      T* g = need_grad ? gs + b * width : dummy.data();
-      std::fill(g, g + width, T(0));
-      const T* xb = xs + b * width;
-      es[b] = bonds(p, xb, g) + angles(p, xb, g) + torsions(p, xb, g, s) +
-              pair_terms(p, xb, g, s);
+  const int64_t n_blocks = (batch + L - 1) / L;
+  at::parallel_for(0, n_blocks, 4, [&](int64_t begin, int64_t end) {
+    Block<T> s(p.n_atoms, p.n_pairs);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t b0 = blk * L, lanes = std::min<int64_t>(L, batch - b0);
+      for (int l = 0; l < L; ++l) {  // transpose in; idle lanes repeat the first configuration
+        const T* xb = xs + (b0 + (l < lanes ? l : 0)) * width;
+        for (int64_t c = 0; c < width; ++c) s.x[c * L + l] = xb[c];
+      }
+      std::fill(s.g.begin(), s.g.end(), T(0));
+      std::fill(s.e.begin(), s.e.end(), T(0));
+      bonds(p, s);
+      angles(p, s);
+      torsions(p, s);
+      pair_terms(p, s);
+      for (int64_t l = 0; l < lanes; ++l) {
+        es[b0 + l] = s.e[l];
+        if (need_grad) {
+          T* gb_out = gs + (b0 + l) * width;
+          for (int64_t c = 0; c < width; ++c) gb_out[c] = s.g[c * L + l];
+        }
+      }
     }
   });
 }
 
 }  // namespace
 
-// x [B, n, 3] contiguous float64; ints: bonds, angles, torsions, pairs, nb_pair
+// x [B, n, 3] contiguous float32 or float64; ints: bonds, angles, torsions, pairs, nb_pair
 // (int64); reals (x's dtype): bond_length, bond_k, angle_theta, angle_k, torsion_n,
 // torsion_phase, torsion_k, nb_qq, nb_sigma, nb_epsilon, charge, offset_radius, scaled_radius;
 // gb_scalars: on, engulf, prefactor, alpha, beta, gamma, offset, sa_factor, probe.
@@ -339,10 +353,9 @@ std::vector<torch::Tensor> energy_and_grad(torch::Tensor x, std::vector<torch::T
         gb_scalars[5], gb_scalars[6], gb_scalars[7], gb_scalars[8]};
   auto energy = torch::empty({x.size(0)}, x.options());
   auto grad = need_grad ? torch::empty_like(x) : torch::empty({0}, x.options());
-  // float64 only: float32 callers convert (the float loops vectorise worse, and the cast is
-  // cheap next to the energy)
-  TORCH_CHECK(x.scalar_type() == torch::kFloat64, "x must be float64");
-  run<double>(x, ints, reals, gb, need_grad, energy, grad);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "energy_and_grad", [&] {
+    run<scalar_t>(x, ints, reals, gb, need_grad, energy, grad);
+  });
   return {energy, grad};
 }
 

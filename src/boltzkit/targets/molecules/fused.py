@@ -77,14 +77,10 @@ def _ninja_on_path() -> None:
 
 def energy_and_grad(module: ModuleType, x: Tensor, ff: ForceField, need_grad: bool
                     ) -> tuple[Tensor, Tensor | None]:
-    """(E `[b]`, dE/dx `[b, n, 3]` or None) for CPU x `[b, n, 3]`; ff in float64.
-
-    The kernel computes in float64; results come back in x's dtype.
-    """
-    dtype = x.dtype
-    x = x.to(torch.float64)
-    if ff.nb_qq.dtype != torch.float64:
-        ff = ff.to(x.device, torch.float64)
+    """(E `[b]`, dE/dx `[b, n, 3]` or None) for CPU x `[b, n, 3]` (float32 or float64),
+    computed in x's dtype (ff is cast to it when it is not)."""
+    if ff.nb_qq.dtype != x.dtype:
+        ff = ff.to(x.device, x.dtype)
     gb = ff.gb
     empty = x.new_empty(0)
     ints = [ff.bonds, ff.angles, ff.torsions, ff.pairs, ff.nb_pair]
@@ -95,4 +91,4 @@ def energy_and_grad(module: ModuleType, x: Tensor, ff: ForceField, need_grad: bo
                 gb.sa_factor, gb.probe] if gb else [0.0] * 9)
     e, grad = module.energy_and_grad(x.contiguous(), [t.contiguous() for t in ints],
                                      [t.contiguous() for t in reals], scalars, need_grad)
-    return e.to(dtype), grad.to(dtype) if need_grad else None
+    return e, grad if need_grad else None

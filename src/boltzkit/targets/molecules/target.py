@@ -124,8 +124,8 @@ class MolecularTarget(Target):
         flat = x.reshape(-1, self.dim)
         module = fused.kernel() if self.fused and x.device.type == "cpu" else None
         if module is not None:
-            ff64 = self._forcefield_for(x.device, torch.float64)
-            e, grad = fused.energy_and_grad(module, flat.view(-1, self.n_particles, 3), ff64,
+            ff_x = self._forcefield_for(x.device, x.dtype)
+            e, grad = fused.energy_and_grad(module, flat.view(-1, self.n_particles, 3), ff_x,
                                             need_grad)
             return e.view(x.shape[:-1]), None if grad is None else grad.view(x.shape)
         ff = self._forcefield_for(x.device, x.dtype)
