@@ -217,3 +217,16 @@ def test_registry_parameters_and_bad_backend():
         targets.build("aldp", ["backend=cuda"])
     with pytest.raises(UsageError, match="temperature must be positive"):
         targets.build("aldp", ["temperature=-1"])
+
+
+def test_temperature_family_gives_the_action_derivative_in_kelvin():
+    """A = dS/dT = -E / (k_B T^2) with S = E / (k_B T), by autograd through tempering."""
+    from boltzkit.targets.family import Family, action_derivative
+
+    t = target("aldp")
+    x = frames("aldp")["md-300K"][:3]
+    kelvin = torch.tensor([300.0, 450.0, 600.0], dtype=F64)
+    log_gamma, a = action_derivative(Family(t, "temperature", c_ref=300.0), x, kelvin)
+    e = t.potential_energy(x).detach()
+    torch.testing.assert_close(log_gamma, -e / (K_B * kelvin))
+    torch.testing.assert_close(a, -e / (K_B * kelvin**2))

@@ -1,14 +1,15 @@
 // Fused CPU energy + gradient of an AMBER-type force field with OBC implicit solvent.
 //
 // The same function as energy.py (bonds, angles, periodic torsions, Coulomb + Lennard-Jones
-// over the live pairs, OBC generalized Born with the ACE surface term), one configuration at a
-// time with hand-derived gradients, configurations spread over threads with at::parallel_for.
-// Built with -ffast-math so that the loops over pairs vectorise (libmvec log/exp/atan2): sums
-// are reassociated (rounding ~1e-15 relative in float64); inf/NaN still propagate into E,
-// which the Python side checks. Gradients: bonds and angles by the chain rule on r and theta; torsions by
-// Blondel & Karplus, J. Comput. Chem. 17, 1132 (1996); GB in two passes (Born radii, then
-// dE/dB_i pushed back through dB_i/dI_i onto every pair's dh/dr). Compared with the autograd
-// of energy.py to 1e-10 relative in tests/targets/test_aldp.py.
+// over the live pairs, OBC generalized Born with the ACE surface term) with hand-derived
+// gradients, in blocks of L configurations (see `Block`), blocks spread over threads with
+// at::parallel_for. Built with -ffast-math so that the lane loops vectorise (libmvec
+// log/exp/atan2/tanh): sums are reassociated (rounding at the dtype's epsilon); inf/NaN from
+// overlapping atoms still reach E, which the Python side checks. Gradients: bonds and angles
+// by the chain rule on r and theta; torsions by Blondel & Karplus, J. Comput. Chem. 17, 1132
+// (1996); GB in two passes (Born radii, then dE/dB_i pushed back through dB_i/dI_i onto every
+// pair's dh/dr). Compared with the autograd of energy.py to 1e-10 relative in
+// tests/targets/test_aldp.py.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>

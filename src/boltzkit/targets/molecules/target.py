@@ -94,8 +94,9 @@ class MolecularTarget(Target):
             e, grad_e = _openmm_energy_and_grad(self.pool, x.detach())
         t = self.temperature
         lp = self._finite_or_minus_inf(-e / self.kT) / t
-        score = -grad_e / self.kT / (t.unsqueeze(-1) if isinstance(t, Tensor) else t)
-        return lp, score
+        if isinstance(t, Tensor):
+            return lp, grad_e / (-self.kT * t.unsqueeze(-1))
+        return lp, grad_e.mul_(-1.0 / (self.kT * t))  # in place: one pass over the forces
 
     def describe(self) -> dict[str, object]:
         facts = super().describe()
