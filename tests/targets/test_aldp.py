@@ -230,3 +230,15 @@ def test_temperature_family_gives_the_action_derivative_in_kelvin():
     e = t.potential_energy(x).detach()
     torch.testing.assert_close(log_gamma, -e / (K_B * kelvin))
     torch.testing.assert_close(a, -e / (K_B * kelvin**2))
+
+
+@pytest.mark.parametrize("backend", ["torch", "openmm"])
+def test_score_with_per_sample_temperatures_equals_autograd(backend):
+    t = target("aldp", backend)
+    x = frames("aldp")["md-300K"][:3]
+    temps = torch.tensor([0.5, 1.0, 2.0], dtype=F64)
+    lp, score = t.tempered(temps).log_prob_and_score(x)
+    lp_ag, score_ag = targets.Target.log_prob_and_score(t.tempered(temps), x)
+    torch.testing.assert_close(lp, lp_ag)
+    torch.testing.assert_close(score, score_ag)
+    torch.testing.assert_close(score[2], t.score(x[2:])[0] / 2.0)
