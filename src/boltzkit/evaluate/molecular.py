@@ -10,8 +10,9 @@ Conventions (stated in every output key):
   (eps = 1e-6 pseudo-counts by default; the reference side is not smoothed);
 - `ramachandran_tv` = 0.5 sum_b |p_b - q_b| (no smoothing), in [0, 1];
 - the phi > 0 population (alpha_L / C7ax) with a standard error from the Kish effective sample
-  size, SE = sqrt(p (1 - p) / ESS) (i.i.d. or importance-weighted samples; correlated MD frames
-  need a block bootstrap instead);
+  size, SE = sqrt(p (1 - p) / ESS) (i.i.d. or importance-weighted samples), or for correlated
+  frames (MD, MCMC) from batch means over `n_blocks` contiguous blocks,
+  SE = sd(block means) / sqrt(n_blocks) (Flegal & Jones, Ann. Statist. 38, 1034 (2010));
 - D-alanine: improper (N, C, CB, CA) of the wrong sign (`targets.molecules.is_d_alanine`).
 Samples may carry log-weights (self-normalised importance sampling, weights in float64).
 """
@@ -107,8 +108,28 @@ def weighted_fraction(indicator: Tensor, log_w: Tensor | None = None) -> Populat
     return Population(p, math.sqrt(max(p * (1 - p), 0.0) / ess), ess)
 
 
-def phi_positive_population(phi_psi: Tensor, log_w: Tensor | None = None) -> Population:
-    """The fraction with phi > 0 (the alpha_L / C7ax region) and its SE."""
+def batch_means_fraction(indicator: Tensor, n_blocks: int = 20) -> Population:
+    """The mean of a boolean time series `[n]` with the batch-means SE over `n_blocks`
+    contiguous blocks (the tail that does not fill a block is dropped from the SE only); `ess`
+    is p (1 - p) / SE^2, the effective number of independent frames."""
+    if not 2 <= n_blocks <= len(indicator):
+        raise ValueError(f"n_blocks must be in [2, {len(indicator)}], got {n_blocks}")
+    values = indicator.to(torch.float64)
+    size = len(values) // n_blocks
+    means = values[: size * n_blocks].view(n_blocks, size).mean(1)
+    p = float(values.mean())
+    se = float(means.std() / math.sqrt(n_blocks))
+    return Population(p, se, p * (1 - p) / se**2 if se > 0 else float(len(values)))
+
+
+def phi_positive_population(phi_psi: Tensor, log_w: Tensor | None = None,
+                            n_blocks: int | None = None) -> Population:
+    """The fraction with phi > 0 (the alpha_L / C7ax region) and its SE: i.i.d./importance
+    weighted by default, batch means over `n_blocks` for a correlated series (no weights)."""
+    if n_blocks is not None:
+        if log_w is not None:
+            raise ValueError("batch means take an unweighted time series; drop log_w")
+        return batch_means_fraction(phi_psi[:, 0] > 0, n_blocks)
     return weighted_fraction(phi_psi[:, 0] > 0, log_w)
 
 
