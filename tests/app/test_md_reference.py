@@ -7,7 +7,7 @@ import torch
 
 openmm = pytest.importorskip("openmm")
 
-from boltzkit.app.md_reference import MDConfig, run_md  # noqa: E402
+from boltzkit.app.md_reference import MDConfig, run_md, summarise  # noqa: E402
 from boltzkit.evaluate.thermo import configurational_temperature  # noqa: E402
 from boltzkit.targets.molecules import aldp, aldp_fab  # noqa: E402
 
@@ -30,6 +30,11 @@ def test_short_md_frames_energies_and_constraints():
         assert ((r - length).abs() / length).max() < 1e-4
     again = run_md(target, SHORT)
     torch.testing.assert_close(again.positions, md.positions, rtol=0, atol=1e-6)
+    facts = summarise(target, md, n_blocks=4)
+    assert facts["n_frames"] == 20 and facts["d_alanine_fraction"] == 0.0
+    assert facts["energy_mean_kJ_mol"] == pytest.approx(float(md.potential_energy.mean()))
+    assert facts["energy_mean_se_batch_means"] > 0 and facts["steps_per_second"] > 0
+    assert 0 <= facts["phi_positive_fraction"] <= 1
 
 
 def test_unconstrained_system_gets_a_short_step_and_its_temperature_from_the_target():

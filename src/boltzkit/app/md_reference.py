@@ -125,3 +125,26 @@ def run_md(target: MolecularTarget, config: MDConfig = MDConfig(), start: Tensor
     return MDTrajectory(torch.as_tensor(np.array(frames).reshape(-1, target.dim)),
                         torch.as_tensor(np.array(energies, dtype=np.float64)),
                         n_steps, time.perf_counter() - begin, asdict(config))
+
+
+def summarise(target: MolecularTarget, trajectory: MDTrajectory, n_blocks: int = 10
+              ) -> dict[str, float]:
+    """Reference facts of an MD run: mean potential energy (kJ/mol) and the phi > 0 population,
+    each with its batch-means SE over `n_blocks` contiguous blocks (the frames are correlated),
+    the D-alanine fraction (MD cannot change chirality: 0 from the shipped L structure), the
+    frame count, integration steps and steps per second."""
+    from boltzkit.evaluate import molecular
+
+    energy = trajectory.potential_energy
+    size = len(energy) // n_blocks
+    if size < 1:
+        raise ValueError(f"{len(energy)} frames cannot fill {n_blocks} blocks")
+    means = energy[: size * n_blocks].view(n_blocks, size).mean(1)
+    pop = molecular.phi_positive_population(molecular.torsions(trajectory.positions),
+                                            n_blocks=n_blocks)
+    return {"n_frames": float(len(energy)), "energy_mean_kJ_mol": float(energy.mean()),
+            "energy_mean_se_batch_means": float(means.std() / n_blocks**0.5),
+            "phi_positive_fraction": pop.fraction, "phi_positive_fraction_se_batch_means": pop.se,
+            "d_alanine_fraction": molecular.d_alanine_fraction(trajectory.positions).fraction,
+            "n_steps": float(trajectory.n_steps),
+            "steps_per_second": trajectory.n_steps / max(trajectory.wall_s, 1e-9)}
