@@ -211,7 +211,7 @@ def test_exact_kernel_on_exact_path_has_constant_weights_and_exact_log_Z() -> No
     assert torch.allclose(res.diagnostics.ess, torch.full_like(res.diagnostics.ess, 400.0),
                           rtol=1e-10)
     assert torch.allclose(res.log_Z, torch.full_like(res.log_Z, 0.75), rtol=0, atol=1e-10)
-    assert torch.allclose(res.log_w, torch.full_like(res.log_w, -math.log(400)), atol=1e-10)
+    assert torch.allclose(res.log_W, torch.full_like(res.log_W, -math.log(400)), atol=1e-10)
 
 
 @pytest.mark.parametrize("kernel", [SecondOrder("full"), SecondOrder("diagonal")])

@@ -54,7 +54,7 @@ def z_stat(values: torch.Tensor, truth: float) -> float:
 def unbiased_stats(res: smc_module.SMCResult, log_Z: float) -> tuple[float, float]:
     """z-statistics of Z-hat/Z - 1 and of the unbiased mean estimate Z-hat/Z sum_i W_i x_i."""
     ratio = torch.exp(res.log_Z - log_Z)
-    mean = ratio[:, None] * (res.log_w.exp()[..., None] * res.x).sum(1)
+    mean = ratio[:, None] * (res.log_W.exp()[..., None] * res.x).sum(1)
     return z_stat(ratio - 1, 0.0), z_stat(mean[:, 0], 1.0)
 
 
@@ -127,7 +127,7 @@ def test_ais_with_identity_moves_telescopes() -> None:
     res = smc(path, grid, n_particles=300, resampling=Resampling(ess_threshold=0.0))
     log_w = path.target.log_prob(res.x) - path.reference.log_prob(res.x)
     assert torch.allclose(res.log_Z, torch.logsumexp(log_w, 0) - math.log(300), atol=1e-10)
-    assert torch.allclose(res.log_w, torch.log_softmax(log_w, 0), atol=1e-10)
+    assert torch.allclose(res.log_W, torch.log_softmax(log_w, 0), atol=1e-10)
     assert torch.equal(res.diagnostics.lam, grid)
 
 
@@ -139,7 +139,7 @@ def test_thresholds_one_and_zero_mean_always_and_never() -> None:
     assert bool(always.diagnostics.resampled.all())
     assert not bool(never.diagnostics.resampled.any())
     assert bool((always.diagnostics.n_unique < 100).all())
-    assert torch.allclose(always.log_w, torch.full_like(always.log_w, -math.log(100)))
+    assert torch.allclose(always.log_W, torch.full_like(always.log_W, -math.log(100)))
 
 
 # ---- statistical tests against closed forms ----------------------------------------------------
@@ -308,9 +308,9 @@ def test_smc_log_Z_error_falls_like_n_to_the_minus_half() -> None:
 def test_replica_dim_is_dropped_without_n_replicas() -> None:
     torch.manual_seed(0)
     res = smc(gaussian_path(), torch.tensor([0.0, 0.5, 1.0]), n_particles=50)
-    assert res.x.shape == (50, 3) and res.log_w.shape == (50,) and res.log_Z.shape == ()
+    assert res.x.shape == (50, 3) and res.log_W.shape == (50,) and res.log_Z.shape == ()
     assert res.diagnostics.ess.shape == (2,) and res.diagnostics.lam.shape == (3,)
-    assert res.log_w.dtype == torch.float64
+    assert res.log_W.dtype == torch.float64
 
 
 def test_budget_jumps_to_the_target_and_counts_evaluations() -> None:

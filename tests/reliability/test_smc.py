@@ -81,11 +81,11 @@ def test_zero_weights_stay_minus_inf_and_are_counted() -> None:
               n_particles=2000, resampling=Resampling(ess_threshold=0.0))
     injected = int(((res.x[:, 0] > 1.0) | (res.x[:, 0] < -1.5)).sum())
     assert injected > 100
-    assert int(torch.isneginf(res.log_w).sum()) == injected
-    assert estimators.n_zero_weight(res.log_w) == injected
+    assert int(torch.isneginf(res.log_W).sum()) == injected
+    assert estimators.n_zero_weight(res.log_W) == injected
     assert target.counter.n_nonfinite == injected
-    assert bool(torch.isfinite(res.log_w[~torch.isneginf(res.log_w)]).all())
-    summary = estimators.weight_summary(res.log_w + res.log_Z)
+    assert bool(torch.isfinite(res.log_W[~torch.isneginf(res.log_W)]).all())
+    summary = estimators.weight_summary(res.log_W + res.log_Z)
     assert summary["n_zero_weight"] == injected
     assert math.isfinite(summary["elbo"]) and summary["elbo"] <= summary["log_Z"]
 

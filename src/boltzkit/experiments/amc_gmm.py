@@ -104,11 +104,11 @@ def make_mixture(name: str, d: int, a: float) -> GaussianMixture:
     return GaussianMixture(weights, a * signs, 0.05**0.5, name=name)
 
 
-def weighted_mode_error(x: torch.Tensor, log_w: torch.Tensor, target: GaussianMixture) -> float:
+def weighted_mode_error(x: torch.Tensor, log_W: torch.Tensor, target: GaussianMixture) -> float:
     """max_k 100 |sum_i W_i 1[x_i in mode k] - w_k| (percentage points)."""
     labels = metrics.mode_assignments(x, target)
     w_hat = torch.zeros(target.n_components, dtype=torch.float64).index_add_(
-        0, labels, log_w.exp())
+        0, labels, log_W.exp())
     return float(100 * (w_hat - target.weights.double()).abs().max())
 
 
@@ -129,7 +129,7 @@ def run_one(target: GaussianMixture, model: Any, kernel_name: str, use_mcmc: boo
     wall = time.perf_counter() - start
     ess = (res.diagnostics.ess / cfg.n_particles).tolist()
     spent = {k: v - counts0[k] for k, v in path.counts().items()}
-    row = {"mode_weight_error_pp": weighted_mode_error(res.x, res.log_w, target),
+    row = {"mode_weight_error_pp": weighted_mode_error(res.x, res.log_W, target),
            "abs_log_Z_error": abs(float(res.log_Z) - float(target.log_Z)),
            "min_ess_fraction": min(ess), "final_ess_fraction": ess[-1],
            "n_resampled": int(res.diagnostics.resampled.sum()),

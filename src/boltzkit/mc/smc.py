@@ -171,12 +171,13 @@ class SMCDiagnostics(NamedTuple):
 
 
 class SMCResult(NamedTuple):
-    """x: `[R, N, d]` final particles; log_w: `[R, N]` normalised float64 log-weights
-    (logsumexp 0); log_Z: `[R]` float64; diagnostics: `SMCDiagnostics`. Without `n_replicas`
-    the replica dim is dropped everywhere."""
+    """x: `[R, N, d]` final particles; log_W: `[R, N]` NORMALISED float64 log-weights
+    (logsumexp 0; the unnormalised importance weights of `boltzkit.mc.estimators` are
+    log_W + log_Z + log N); log_Z: `[R]` float64; diagnostics: `SMCDiagnostics`. Without
+    `n_replicas` the replica dim is dropped everywhere."""
 
     x: Tensor
-    log_w: Tensor
+    log_W: Tensor
     log_Z: Tensor
     diagnostics: SMCDiagnostics
 
@@ -238,7 +239,7 @@ def smc(
         stopped = stopped or stop_now
         new_state, new_level, increment = _reweight(setup, state, level, k, stop_now)
         _check_telescoping(new_level, resampling, mcmc)
-        ess = torch.as_tensor(estimators.ess(new_state.log_w), dtype=torch.float64,
+        ess = torch.as_tensor(estimators.ess(new_state.log_W), dtype=torch.float64,
                               device=state.x.device).reshape(n_rep)
         active = state.lam < 1
         new_state, fired, n_unique = _resample(new_state, resampling.fires(ess, n) & active,
@@ -261,16 +262,16 @@ def smc(
     diag = SMCDiagnostics(**{name: torch.stack(v) for name, v in records.items()},
                           counts={key: torch.tensor(v) for key, v in counts.items()},
                           stopped_by_budget=stopped)
-    result = SMCResult(state.x, state.log_w, state.log_Z, diag)
+    result = SMCResult(state.x, state.log_W, state.log_Z, diag)
     return result if n_replicas is not None else _drop_replica_dim(result)
 
 
 class SMCState(NamedTuple):
-    """Particles x `[R, N, d]` at levels lam `[R]`, their normalised float64 log-weights and
-    log-densities log g_lam(x) `[R, N]`, and the running log Z `[R]`."""
+    """Particles x `[R, N, d]` at levels lam `[R]`, their normalised float64 log-weights log_W
+    and log-densities log g_lam(x) `[R, N]`, and the running log Z `[R]`."""
 
     x: Tensor
-    log_w: Tensor
+    log_W: Tensor
     log_g: Tensor
     log_Z: Tensor
     lam: Tensor
@@ -332,10 +333,10 @@ def _reweight(setup: _Setup, state: SMCState, level: Any, k: int,
             log_ratio = log_ratio + setup.backward.log_prob(x, move.x, level, new_level).double()
     delta = _zero_weight_if_invalid(log_g_new - state.log_g + log_ratio)
     delta = torch.where((state.lam < 1)[:, None], delta, torch.zeros_like(delta))
-    increment = torch.logsumexp(state.log_w + delta, dim=-1)
+    increment = torch.logsumexp(state.log_W + delta, dim=-1)
     if not bool(torch.isfinite(increment).all()):
         raise RuntimeError(f"level {k}: every particle of some replica has zero weight")
-    log_w = state.log_w + delta - increment[:, None]
+    log_w = state.log_W + delta - increment[:, None]
     return SMCState(x_new, log_w, log_g_new, state.log_Z + increment, lam), new_level, increment
 
 
@@ -346,12 +347,12 @@ def _resample(state: SMCState, fire: Tensor, scheme: str) -> tuple[SMCState, Ten
     n_unique = torch.full(fire.shape, n, dtype=torch.long, device=fire.device)
     if not bool(fire.any()):
         return state, fire, n_unique
-    idx = RESAMPLERS[scheme](state.log_w[fire])
+    idx = RESAMPLERS[scheme](state.log_W[fire])
     x, log_g = state.x.clone(), state.log_g.clone()
     x[fire] = torch.gather(x[fire], 1, idx[..., None].expand(-1, -1, x.shape[-1]))
     log_g[fire] = torch.gather(log_g[fire], 1, idx)
     n_unique[fire] = _n_unique(idx)
-    return state._replace(x=x, log_g=log_g, log_w=_reset_weights(state.log_w, fire)), fire, n_unique
+    return state._replace(x=x, log_g=log_g, log_W=_reset_weights(state.log_W, fire)), fire, n_unique
 
 
 def _reset_weights(log_w: Tensor, fired: Tensor) -> Tensor:
@@ -367,7 +368,7 @@ def _next_level(state: SMCState, k: int, schedule: Tensor | AdaptiveSchedule,
     if isinstance(schedule, AdaptiveSchedule):
         if k > schedule.max_levels:
             raise RuntimeError(f"adaptive schedule exceeded {schedule.max_levels} levels")
-        return next_lambda(state.lam, state.log_w, state.log_g, log_g_at, schedule)
+        return next_lambda(state.lam, state.log_W, state.log_g, log_g_at, schedule)
     return torch.full_like(state.lam, float(schedule[min(k, len(schedule) - 1)]))
 
 
@@ -464,4 +465,4 @@ def _drop_replica_dim(res: SMCResult) -> SMCResult:
     d = res.diagnostics
     per_level = {name: getattr(d, name)[:, 0] for name in SMCDiagnostics._fields[:7]}
     diag = d._replace(**per_level)
-    return SMCResult(res.x[0], res.log_w[0], res.log_Z[0], diag)
+    return SMCResult(res.x[0], res.log_W[0], res.log_Z[0], diag)

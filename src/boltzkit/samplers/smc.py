@@ -191,7 +191,7 @@ def _run_batches(target: Any, config: Config, n: int, budget: int | None,
 
 class _Pool(NamedTuple):
     x: Tensor  # [R, N, d]
-    log_w: Tensor  # [R, N] normalised per replica
+    log_W: Tensor  # [R, N] normalised per replica
     log_Z: Tensor  # [R]
     step_size: Tensor  # [R] last finite adapted step size (NaN when none)
 
@@ -202,7 +202,7 @@ def _pool(batches: list[SMCResult]) -> _Pool:
         s = b.diagnostics.step_size
         finite = torch.isfinite(s).all(dim=1)
         steps.append(s[finite][-1] if bool(finite.any()) else torch.full_like(s[0], math.nan))
-    return _Pool(torch.cat([b.x for b in batches]), torch.cat([b.log_w for b in batches]),
+    return _Pool(torch.cat([b.x for b in batches]), torch.cat([b.log_W for b in batches]),
                  torch.cat([b.log_Z for b in batches]), torch.cat(steps))
 
 
@@ -237,7 +237,7 @@ def _final_moves(target: Any, config: Config, pool: _Pool, budget: int | None, s
 def _output(pool: _Pool, n_samples: int) -> tuple[Tensor, Tensor | None]:
     """The pooled particles with importance weights, or n_samples equally weighted draws."""
     n_rep, n, dim = pool.x.shape
-    log_w = (pool.log_w + pool.log_Z[:, None] + math.log(n)).reshape(-1)
+    log_w = (pool.log_W + pool.log_Z[:, None] + math.log(n)).reshape(-1)
     x = pool.x.reshape(n_rep * n, dim).detach()
     if n_rep * n == n_samples:
         return x, log_w
@@ -262,7 +262,7 @@ def _diagnostics(batches: list[SMCResult], pool: _Pool, moves: _Moves, n: int,
         "n_resampled": int(sum(int(b.diagnostics.resampled.sum()) for b in batches)),
         "accept_prob": d.accept_prob.mean(dim=1).tolist(),
         "step_size": d.step_size.mean(dim=1).tolist(),
-        "n_zero_weight": int(torch.isneginf(pool.log_w).sum()),
+        "n_zero_weight": int(torch.isneginf(pool.log_W).sum()),
         "n_final_mcmc_steps": moves.n_steps, "final_accept_prob": moves.accept_prob,
         # a budget sizes the run (batches, then final moves), as it sizes MCMC runs
         "stopped_by_budget": budget is not None,
