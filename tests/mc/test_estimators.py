@@ -183,3 +183,13 @@ def test_log_Z_error_decays_at_the_monte_carlo_rate():
         torch.tensor(maes, dtype=torch.float64).log().unsqueeze(1),
     ).solution[1].item()
     assert slope == pytest.approx(-0.5, abs=0.1)
+
+
+def test_normalised_weights_sum_to_one_and_empty_rows_are_zero() -> None:
+    lw = torch.tensor([[0.0, math.log(3.0), -math.inf], [-math.inf, -math.inf, -math.inf]])
+    W = E.normalised_weights(lw)
+    assert W.dtype == torch.float64
+    assert torch.allclose(W[0], torch.tensor([0.25, 0.75, 0.0], dtype=torch.float64))
+    assert torch.equal(W[1], torch.zeros(3, dtype=torch.float64))  # not NaN
+    with pytest.warns(RuntimeWarning, match="NaN or \\+inf"):
+        assert E.normalised_weights(torch.tensor([0.0, math.nan]))[1] == 0.0

@@ -222,7 +222,7 @@ def level_diagnostics(learned: LearnedModel, perfect: Any, times: Tensor,
             ess.append(float(estimators.ess_fraction(log_w)))
             # Responsibilities rather than hard assignment: E_{p_t}[r_k] = w_k at every noise level.
             resp = torch.softmax(exact.component_log_prob(x), -1)
-            modes.append(torch.softmax(log_w, 0) @ resp)
+            modes.append(estimators.normalised_weights(log_w).to(resp.dtype) @ resp)
         else:
             ess.append(float("nan"))
             modes.append(torch.full((n_modes,), float("nan"), dtype=torch.float64))

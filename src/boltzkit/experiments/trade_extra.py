@@ -67,7 +67,8 @@ def phi4_observables(x: Tensor, log_w: Tensor | None, target: Phi4) -> dict[str,
     """<|m|>, action per site, chi = V (<m^2> - <|m|>^2), U = 1 - <m^4> / (3 <m^2>^2), as
     (self-normalised) weighted averages over x `[n, V]`."""
     m = x.mean(-1)
-    w = torch.ones_like(m) if log_w is None else torch.softmax(log_w.double(), 0) * len(m)
+    w = torch.ones_like(m) if log_w is None else (
+        estimators.normalised_weights(log_w).to(m.dtype) * len(m))
     avg = lambda f: float((w * f).mean())  # noqa: E731
     m1, m2, m4 = avg(m.abs()), avg(m**2), avg(m**4)
     return {"abs_m": m1, "action": avg(target.action(x)) / target.dim,
@@ -179,7 +180,7 @@ def calibration(flow: ConditionalFlow, ref: tuple[Tensor, Tensor, Tensor], beta:
     _, log_q_flow = flow.sample_and_log_prob(len(theta), beta, y.to(dt))
     log_q_ref = flow.log_prob(theta.to(dt), beta, y.to(dt))
     rank = (log_q_flow[None, :] > log_q_ref[:, None]).double().mean(1)  # HPD level of each draw
-    w = torch.softmax(log_w, 0)
+    w = estimators.normalised_weights(log_w)
     return ((rank[None, :] <= levels[:, None]).double() * w).sum(1)
 
 

@@ -245,6 +245,18 @@ def eubo(log_w_ref: Tensor) -> float | Tensor:
     return _out(out)
 
 
+def normalised_weights(log_w: Tensor) -> Tensor:
+    """W_i = w_i / sum_j w_j along the last dim, float64, `[..., N]`.
+
+    NaN and +inf log-weights count as zero weight (with a warning); a row with no positive
+    weight gives all-zero W (not NaN), so that a weighted loss over it is zero.
+    """
+    lw = _prepare(log_w)
+    empty = torch.isneginf(torch.logsumexp(lw, dim=-1, keepdim=True))
+    W = torch.softmax(lw.masked_fill(empty, 0.0), dim=-1)
+    return W.masked_fill(empty | torch.isneginf(lw), 0.0)
+
+
 # ---- self-normalised expectations --------------------------------------------------------------
 def snis(log_w: Tensor, values: Tensor) -> Estimate:
     """Self-normalised importance-sampling estimate of E_pi[f] with its delta-method SE.

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from boltzkit.core.errors import UsageError
+from boltzkit.mc import estimators
 from boltzkit.models import flow_objectives
 from boltzkit.models.flows import ConditionalFlow, dtype_of, make_flow
 from boltzkit.samplers import Callback, SampleResult, null_callback
@@ -127,9 +128,8 @@ def reweight_loss(flow: ConditionalFlow, family: Family, data: Data, config: Con
     x, ctx = x.repeat(g, 1), None if ctx is None else ctx.repeat(g, 1)
     with torch.no_grad():
         log_w = family.at(c, ctx).log_prob(x) - family.at(c_data.repeat(g), ctx).log_prob(x)
-        log_w = torch.nan_to_num(log_w.view(g, m), nan=-math.inf, posinf=-math.inf)
-        w = torch.nan_to_num(torch.softmax(log_w, -1), nan=0.0).flatten()
-    return -(w * flow.log_prob(x, c, ctx)).sum() / g
+        w = estimators.normalised_weights(log_w.view(g, m)).flatten()
+    return -(w.to(x.dtype) * flow.log_prob(x, c, ctx)).sum() / g
 
 
 # ---- training ---------------------------------------------------------------------------
