@@ -277,6 +277,13 @@ def experiment_command(
     out: Annotated[Path, typer.Option(help="Directory for the experiment's outputs.")],
     set_: SetOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for torch/numpy/random (recorded).")] = 0,
+    executor: Annotated[str | None, typer.Option(
+        help="Run the experiment's independent runs with serial | local | ray.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Processes (local) or CPUs of the local Ray instance (default: all cores).")
+                       ] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join (HOST:PORT or auto); with --executor ray.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run a named experiment (tables and figures go to --out)."""
@@ -285,22 +292,44 @@ def experiment_command(
     try:
         configs.parse_assignments(set_ or [])
         run = experiments.get(name)
+        extra = _experiment_executor(name, run, executor, workers, address)
     except UsageError as err:
         raise fail(str(err)) from None
     out.mkdir(parents=True, exist_ok=True)
     runner.seed_everything(seed)
     runner.rundir.write_json(out / "experiment.json", {
-        "experiment": name, "overrides": set_ or [], "seed": seed,
+        "experiment": name, "overrides": set_ or [], "seed": seed, "executor": executor,
         "command": command_line(ctx), "environment": runner.rundir.environment()})
     try:
         with LogFile(out / "log.txt") as log, RichProgress(
                 err_console, log=log.write, enabled=not quiet) as callback:
-            headline = run(out, set_ or [], callback)
+            headline = run(out, set_ or [], callback, **extra)
     except UsageError as err:
         raise fail(str(err)) from None
     runner.rundir.write_json(out / "headline.json", headline)
+    if headline.get("n_failed"):
+        err_console.print(f"[bold yellow]Warning:[/] {headline['n_failed']} run(s) failed; "
+                          f"see {out / 'log.txt'} and {out / 'runs'}/*.failed.json")
     console.print(metrics_table(runner.summary_dict(headline), f"experiment {name}"))
     console.print(f"outputs: [bold]{out}[/]")
+
+
+def _experiment_executor(name: str, run: Any, executor: str | None, workers: int | None,
+                         address: str | None) -> dict[str, Any]:
+    """{"executor": ...} for experiments whose `run` takes one; a clear error when the options
+    are given to an experiment that runs serially only."""
+    from boltzkit.app import executors
+
+    if executor is None and workers is None and address is None:
+        return {}
+    if "executor" not in inspect.signature(run).parameters:
+        from boltzkit import experiments
+
+        able = [n for n in experiments.names()
+                if "executor" in inspect.signature(experiments.get(n)).parameters]
+        raise UsageError(f"experiment {name!r} runs its runs serially and takes no --executor, "
+                         f"--workers or --address (experiments that do: {', '.join(able)})")
+    return {"executor": executors.make(executor or "local", workers, address)}
 
 
 @app.command("presets")
