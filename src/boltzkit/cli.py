@@ -3,7 +3,7 @@
     boltzkit targets
     boltzkit sample TARGET --sampler NAME --budget N_ENERGY_EVALS --seed S --out DIR
                     [--set key=value ...] [--preset NAME] [--n-samples N]
-                    [--target-param key=value ...] [--reference PATH]
+                    [--target-param key=value ...] [--reference PATH] [--tensorboard DIR]
     boltzkit sample --resume RUN_DIR [--budget N]
     boltzkit evaluate RUN_DIR [--reference PATH]
     boltzkit reference TARGET [--n N] [--set key=value ...]
@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from boltzkit import targets
-from boltzkit.app import runner
+from boltzkit.app import runner, tracking
 from boltzkit.app.progress import LogFile, RichProgress
 from boltzkit.core import config as configs
 from boltzkit.core.errors import UsageError
@@ -171,6 +171,8 @@ def sample_command(
     reference: Annotated[Path | None, typer.Option(
         help="Reference samples (.npy or .npz, an n x dim array) to evaluate against.")] = None,
     figures: Annotated[bool, typer.Option(help="Draw the PNG figures.")] = True,
+    tensorboard: Annotated[Path | None, typer.Option(
+        help="Also write TensorBoard scalars here (needs the tensorboard package).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Sample TARGET with a sampler at a budget of energy evaluations; write a run directory."""
@@ -188,7 +190,8 @@ def sample_command(
             _precheck(target, sampler, set_ or [], preset, target_param or [])
         run_dir.mkdir(parents=True, exist_ok=True)
         with LogFile(run_dir / "log.txt") as log, RichProgress(
-                err_console, log=log.write, enabled=not quiet) as callback:
+                err_console, log=log.write, enabled=not quiet) as progress, tracking.track(
+                progress, run_dir, tensorboard) as callback:
             if resume is not None:
                 outcome = runner.resume_run(resume, budget=budget, callback=callback,
                                             log=log.write, command=command_line(ctx),
