@@ -7,7 +7,9 @@
     boltzkit sample --resume RUN_DIR [--budget N]
     boltzkit evaluate RUN_DIR [--reference PATH]
     boltzkit reference TARGET [--n N] [--set key=value ...]
-    boltzkit experiment NAME [--set key=value ...] --out DIR
+    boltzkit experiment NAME [--set key=value ...] --out DIR [--executor serial|local|ray]
+                        [--workers N] [--address HOST:PORT]
+    boltzkit report RUN_DIR... [--out report.html]
     boltzkit demo
 
 Bad names and keys exit with code 2 and a message listing the valid ones; no traceback.
@@ -333,6 +335,24 @@ def _experiment_executor(name: str, run: Any, executor: str | None, workers: int
         raise UsageError(f"experiment {name!r} runs its runs serially and takes no --executor, "
                          f"--workers or --address (experiments that do: {', '.join(able)})")
     return {"executor": executors.make(executor or "local", workers, address)}
+
+
+@app.command("report")
+def report_command(
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="Run directories (of sample, experiment or bench).")],
+    out: Annotated[Path, typer.Option(
+        help="HTML file to write (its markdown twin goes next to it, .md).")] = Path(
+            "report.html"),
+) -> None:
+    """Build one self-contained HTML page (and a markdown twin) from run directories."""
+    from boltzkit.app import report
+
+    try:
+        html_path, md_path = report.write(out, run_dirs)
+    except UsageError as err:
+        raise fail(str(err)) from None
+    console.print(f"written: [bold]{html_path}[/] and [bold]{md_path}[/]")
 
 
 @app.command("presets")
