@@ -10,6 +10,8 @@
     boltzkit experiment NAME [--set key=value ...] --out DIR [--executor serial|local|ray]
                         [--workers N] [--address HOST:PORT]
     boltzkit report RUN_DIR... [--out report.html]
+    boltzkit bench [--quick] [--target T ...] [--sampler S ...] [--budget N] [--out DIR]
+                   [--executor serial|local|ray] [--workers N]
     boltzkit demo
 
 Bad names and keys exit with code 2 and a message listing the valid ones; no traceback.
@@ -353,6 +355,42 @@ def report_command(
     except UsageError as err:
         raise fail(str(err)) from None
     console.print(f"written: [bold]{html_path}[/] and [bold]{md_path}[/]")
+
+
+@app.command("bench")
+def bench_command(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(
+        help="Directory of the bench (default runs/bench-TIME).")] = None,
+    quick: Annotated[bool, typer.Option(
+        help="The smoke test: 2 targets x 2 samplers at tiny budgets.")] = False,
+    target: Annotated[list[str] | None, typer.Option(
+        help="Only these targets (repeatable).")] = None,
+    sampler: Annotated[list[str] | None, typer.Option(
+        help="Only these samplers (repeatable).")] = None,
+    budget: Annotated[int | None, typer.Option(
+        help="Energy evaluations per run, for every target (default: the bench's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every run (recorded).")] = 0,
+    executor: Annotated[str, typer.Option(help="serial | local | ray.")] = "serial",
+    workers: Annotated[int | None, typer.Option(help="Processes or Ray CPUs.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Leaderboard of samplers x targets at stated budgets; writes report.html and report.md."""
+    from boltzkit.app import bench, executors
+
+    out = out or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        plan = bench.plan(quick, target, sampler, budget, seed)
+        run_on = executors.make(executor, workers, address)
+        with RichProgress(err_console, enabled=not quiet) as callback:
+            summary = bench.run(out, plan, run_on, callback, command_line(ctx))
+    except UsageError as err:
+        raise fail(str(err)) from None
+    console.print(metrics_table(summary, f"bench {out}"))
+    if summary["n_failed"]:
+        err_console.print(f"[bold yellow]Warning:[/] {summary['n_failed']} cell(s) failed; "
+                          f"see {out / 'runs'}/*.failed.json")
 
 
 @app.command("presets")
