@@ -309,7 +309,8 @@ def experiment_command(
         "command": command_line(ctx), "environment": runner.rundir.environment()})
     try:
         with LogFile(out / "log.txt") as log, RichProgress(
-                err_console, log=log.write, enabled=not quiet) as callback:
+                err_console, log=log.write, enabled=not quiet) as progress, tracking.track(
+                progress, out) as callback:
             headline = run(out, set_ or [], callback, **extra)
     except UsageError as err:
         raise fail(str(err)) from None

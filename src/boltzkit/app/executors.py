@@ -175,7 +175,8 @@ class _Sweep:
                 self.skipped.append(task.key)
             else:
                 self.todo.append(task)
-        callback("start", total=len(self.tasks), unit="run", description=description)
+        if self.tasks:
+            callback("start", total=len(self.tasks), unit="run", description=description)
         if self.skipped:
             callback("advance", n=len(self.skipped))
             callback("log", message=f"{len(self.skipped)} of {len(self.tasks)} runs already "
@@ -206,7 +207,8 @@ class _Sweep:
         return retry
 
     def result(self) -> SweepResult:
-        self.callback("end")
+        if self.tasks:
+            self.callback("end")
         ordered = {t.key: self.values[t.key] for t in self.tasks if t.key in self.values}
         return SweepResult(ordered, dict(self.attempts), dict(self.failed), list(self.skipped))
 
@@ -264,18 +266,28 @@ class Local:
                     sweep.started(task)
                     running[pool.submit(run_task, task.fn, task.kwargs, task.num_cpus)] = task
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    task = running.pop(future)
-                    try:
-                        sweep.succeeded(task, future.result())
-                    except BrokenProcessPool:
-                        broken = [task] + list(running.values())
-                        retry = [t for t in broken if sweep.errored(t, WorkerDied(
-                            "a worker process of the local pool died"))]
-                        return retry + queue
-                    except Exception as err:  # noqa: BLE001 - recorded; the sweep goes on
-                        sweep.errored(task, err)
+                broken = _harvest(sweep, {f: running.pop(f) for f in finished})
+                if broken:
+                    # The pool is dead: what else was in flight either finished or died too.
+                    broken += _harvest(sweep, running)
+                    died = WorkerDied("a worker process of the local pool died")
+                    return [t for t in broken if sweep.errored(t, died)] + queue
         return []
+
+
+def _harvest(sweep: _Sweep, futures: Mapping[Future, Task]) -> list[Task]:
+    """Records the outcome of each future (waiting for it); returns the tasks whose pool broke
+    under them."""
+    broken = []
+    for future, task in futures.items():
+        error = future.exception()
+        if error is None:
+            sweep.succeeded(task, future.result())
+        elif isinstance(error, BrokenProcessPool):
+            broken.append(task)
+        else:
+            sweep.errored(task, error)
+    return broken
 
 
 @dataclass
@@ -343,19 +355,21 @@ def _import_ray() -> Any:
 
 def _init_ray(ray: Any, workers: int | None, address: str | None) -> None:
     """Starts a local instance (its workers find boltzkit on this process's sys.path) or joins
-    the cluster at `address`."""
-    env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    the cluster at `address` (whose nodes must have boltzkit installed)."""
     if address is not None:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
     else:
-        os.environ["PYTHONPATH"] = env["PYTHONPATH"]
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False,
                  log_to_driver=False, logging_level="ERROR")
 
 
 def _ray_error(ray: Any, err: BaseException) -> BaseException:
     """Ray's worker-death errors as WorkerDied; a task's own exception unwrapped."""
-    if isinstance(err, ray.exceptions.WorkerCrashedError | ray.exceptions.NodeDiedError):
+    deaths = tuple(getattr(ray.exceptions, name) for name in (
+        "WorkerCrashedError", "NodeDiedError", "OutOfMemoryError") if hasattr(ray.exceptions,
+                                                                               name))
+    if isinstance(err, deaths):
         return WorkerDied(f"the Ray worker died ({type(err).__name__})")
     if isinstance(err, ray.exceptions.RayTaskError):
         cause = err.as_instanceof_cause()
