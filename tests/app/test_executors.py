@@ -14,9 +14,16 @@ import pytest
 
 from boltzkit.app import executors
 from boltzkit.core.errors import UsageError
-from boltzkit.experiments import amc_gmm
 
 QUICK = ["preset=quick", "models=perfect,learned-score", "figures=false"]
+
+
+def amc_run(*args: object, **kwargs: object) -> dict:
+    """`amc_gmm.run`, imported here: the pool's workers import this module for its tasks, so
+    its top-level imports stay light."""
+    from boltzkit.experiments import amc_gmm
+
+    return amc_gmm.run(*args, **kwargs)
 
 
 def quiet(event: str, **info: object) -> None:
@@ -62,13 +69,13 @@ def check_crash_recorded(result: executors.SweepResult, out: Path) -> None:
 @pytest.fixture(scope="module")
 def serial_table(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
     out = tmp_path_factory.mktemp("serial")
-    headline = amc_gmm.run(out, QUICK, quiet, executor=executors.make("serial"))
+    headline = amc_run(out, QUICK, quiet, executor=executors.make("serial"))
     assert headline["executor"] == "serial" and headline["n_failed"] == 0
     return table(out)
 
 
 def test_serial_and_local_give_the_same_table(serial_table, tmp_path: Path) -> None:  # noqa: ANN001
-    headline = amc_gmm.run(tmp_path, QUICK, quiet, executor=executors.make("local", 2))
+    headline = amc_run(tmp_path, QUICK, quiet, executor=executors.make("local", 2))
     assert headline["executor"] == "local" and headline["n_runs"] == 11
     assert table(tmp_path) == serial_table
 
@@ -97,15 +104,15 @@ def test_errors_are_recorded_not_retried_and_the_sweep_finishes(tmp_path: Path) 
 
 
 def test_a_rerun_skips_the_runs_already_finished(serial_table, tmp_path: Path) -> None:  # noqa: ANN001
-    first = amc_gmm.run(tmp_path, QUICK, quiet)
+    first = amc_run(tmp_path, QUICK, quiet)
     results = sorted((tmp_path / "runs").glob("*.json"))
     assert len(results) == first["n_runs"] + 1  # + the learned-score training
     results[0].unlink()
     seen: list[dict] = []
-    again = amc_gmm.run(tmp_path, QUICK, lambda event, **info: seen.append(info))
+    again = amc_run(tmp_path, QUICK, lambda event, **info: seen.append(info))
     assert again["n_skipped"] == len(results) - 1
     assert table(tmp_path) == serial_table
-    changed = amc_gmm.run(tmp_path, QUICK + ["n_particles=100", "kernels=exact"], quiet)
+    changed = amc_run(tmp_path, QUICK + ["n_particles=100", "kernels=exact"], quiet)
     assert changed["n_skipped"] == 0 and changed["n_runs"] == 2  # other settings, other keys
 
 
@@ -141,7 +148,7 @@ def test_serial_and_ray_give_the_same_table_and_ray_retries_a_dead_worker(
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         ray_executor = executors.make("ray", 2)
-        headline = amc_gmm.run(tmp_path / "amc", QUICK, quiet, executor=ray_executor)
+        headline = amc_run(tmp_path / "amc", QUICK, quiet, executor=ray_executor)
         assert headline["executor"] == "ray" and table(tmp_path / "amc") == serial_table
         result = ray_executor.map(crash_tasks(tmp_path, "ray"), tmp_path / "runs")
         check_crash_recorded(result, tmp_path / "runs")
