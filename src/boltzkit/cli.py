@@ -209,6 +209,8 @@ def sample_command(
                     log=log.write, command=command_line(ctx), figures=figures)
     except UsageError as err:
         raise fail(str(err)) from None
+    if tensorboard is not None:
+        tracking.write_summary(tensorboard, outcome.metrics)
     record = runner.rundir.read_record(outcome.run_dir)
     title = f"{record['target']} / {record['sampler']}: {int(outcome.metrics['n_samples'])} " \
             f"samples, budget {record['budget']:,} energy evals, {outcome.wall_s:.1f} s"

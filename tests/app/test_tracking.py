@@ -77,4 +77,10 @@ def test_sample_streams_metrics_and_writes_tensorboard(tmp_path: Path) -> None:
     assert lines[0]["event"] == "start" and advances and "accept" in advances[-1]
     assert advances[-1]["step"] == max(line["step"] for line in lines)
     if HAS_TENSORBOARD:
-        assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(tmp_path / "tb"))
+        acc.Reload()
+        tags = acc.Tags()["scalars"]
+        assert "mala on gmm40/accept" in tags and "summary/count_n_energy" in tags
+        assert acc.Scalars("summary/count_n_energy")[0].value <= 4000

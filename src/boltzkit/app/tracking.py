@@ -13,7 +13,8 @@ ones as null.
 
 The TensorBoard writer (`torch.utils.tensorboard`, which needs the optional `tensorboard`
 package: `pip install -e ".[tensorboard]"`) writes each scalar of an "advance" event as
-`PHASE/NAME` at the phase's step.
+`PHASE/NAME` at the phase's step (losses, acceptance, evaluations spent, as the sampler reports
+them), and `write_summary` the run's final metrics as `summary/NAME`.
 
 >>> import io, json
 >>> seen, buffer = [], io.StringIO()
@@ -126,6 +127,16 @@ class TensorBoardWriter:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def write_summary(log_dir: str | Path, metrics: dict[str, Any]) -> None:
+    """The finished run's scalar metrics (ESS, log Z, distances, evaluations spent as
+    `count_*`) as `summary/NAME` at step 0 of the TensorBoard log in `log_dir`."""
+    writer = TensorBoardWriter(log_dir).writer
+    for key, value in scalars(metrics).items():
+        if value is not None:
+            writer.add_scalar(f"summary/{key}", value, 0)
+    writer.close()
 
 
 @contextmanager
