@@ -14,15 +14,21 @@
                    [--executor serial|local|ray] [--workers N]
     boltzkit demo
 
-Bad names and keys exit with code 2 and a message listing the valid ones; no traceback.
+Bad names, keys and values exit with code 2 and a message listing the valid ones; a file or
+file system that fails (corrupt run files, a full disk, a read-only file system) exits with code 1
+and one line naming the path and the cause; no traceback. Ctrl-C (SIGINT) and SIGTERM stop a run
+cleanly, say where it stopped and how to resume it, and exit with 130 and 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import signal
 import time
 import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,8 +40,10 @@ from rich.table import Table
 from boltzkit import targets
 from boltzkit.app import runner, tracking
 from boltzkit.app.progress import LogFile, RichProgress
+from boltzkit.app.resume import last_checkpoint, resume_run
 from boltzkit.core import config as configs
 from boltzkit.core.errors import UsageError
+from boltzkit.core.files import describe_os_error
 
 app = typer.Typer(
     name="boltzkit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -43,14 +51,81 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True, log_path=False)
 
+DEFAULT_N_SAMPLES = 1000
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Config override key=value (typed by the config field); repeatable.")]
+
+
+def count(text: str) -> int:
+    """A whole number given as 200000, 2e5 or 200_000 (a usage error otherwise)."""
+    try:
+        value = float(str(text).replace("_", ""))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number (e.g. 200000 or 2e5)") from None
+    if not value.is_integer():
+        raise typer.BadParameter(f"{text!r} is not a whole number")
+    return int(value)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Prints a clean error (no traceback) and returns the Exit to raise."""
     err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt for SIGINT."""
+
+
+@contextlib.contextmanager
+def clean_errors() -> Iterator[None]:
+    """Bad usage -> one line, exit 2; a failing file or file system -> one line naming the path
+    and the cause, exit 1. Anything else keeps its traceback (a bug)."""
+    try:
+        yield
+    except (runner.UsageError, runner.rundir.RunDirError) as err:
+        raise fail(str(err)) from None
+    except runner.EnvironmentProblem as err:
+        raise fail(str(err), code=1) from None
+    except OSError as err:
+        raise fail(describe_os_error(err), code=1) from None
+
+
+@contextlib.contextmanager
+def sigterm_as_exception() -> Iterator[None]:
+    """Turns SIGTERM into `Terminated` for the duration (the main thread only)."""
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside a test runner's worker thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Position:
+    """Wraps a progress callback and remembers where the run is (for an interrupted run)."""
+
+    def __init__(self, callback: Callable[..., None]) -> None:
+        self.callback, self.done, self.total, self.unit = callback, 0.0, None, ""
+
+    def __call__(self, event: str, **info: Any) -> None:
+        if event == "start":
+            self.done, self.total, self.unit = 0.0, info.get("total"), str(info.get("unit", ""))
+        elif event == "advance":
+            self.done += float(info.get("n", 1))
+        self.callback(event, **info)
+
+    def describe(self) -> str:
+        """e.g. '3,906 of 390,624 steps'."""
+        total = f" of {int(self.total):,}" if self.total else ""
+        unit = self.unit if self.unit.endswith("s") or not self.unit else self.unit + "s"
+        return f"{int(self.done):,}{total} {unit}".strip()
 
 
 def fmt(value: Any) -> str:
@@ -161,13 +236,17 @@ def sample_command(
                       ] = None,
     sampler: Annotated[str | None, typer.Option(help="Sampler name.")] = None,
     budget: Annotated[int | None, typer.Option(
-        help="Target energy evaluations (configurations) the sampler may spend.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for torch/numpy/random (recorded).")] = 0,
+        parser=count, metavar="N",
+        help="Target energy evaluations (configurations) the sampler may spend (200000, 2e5)."
+    )] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed for torch/numpy/random (recorded; default 0).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Run directory to create (default runs/TARGET-SAMPLER-TIME).")] = None,
     set_: SetOpt = None,
     preset: Annotated[str | None, typer.Option(help="Named sampler preset.")] = None,
-    n_samples: Annotated[int, typer.Option(help="Samples to return.")] = 1000,
+    n_samples: Annotated[int | None, typer.Option(
+        parser=count, metavar="N", help="Samples to return (default 1000).")] = None,
     target_param: Annotated[list[str] | None, typer.Option(
         help="Target parameter key=value; repeatable.")] = None,
     resume: Annotated[Path | None, typer.Option(
@@ -178,37 +257,39 @@ def sample_command(
     tensorboard: Annotated[Path | None, typer.Option(
         help="Also write TensorBoard scalars here (needs the tensorboard package).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        help="Print the resolved target, preset and config, and exit without running.")
+    ] = False,
 ) -> None:
     """Sample TARGET with a sampler at a budget of energy evaluations; write a run directory."""
     if resume is None and (target is None or sampler is None or budget is None):
         missing = [n for n, v in (("TARGET", target), ("--sampler", sampler),
                                   ("--budget", budget)) if v is None]
         raise fail(f"missing {', '.join(missing)} (or pass --resume RUN_DIR)")
+    if dry_run:
+        with clean_errors():
+            _print_resolved(target, sampler, set_ or [], preset, target_param or [], resume)
+        return
     if out is None and resume is None:
         out = Path("runs") / f"{target}-{sampler}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = resume if resume is not None else out
     assert run_dir is not None
-    try:
+    with clean_errors():
         # Check names before creating anything on disk.
         if resume is None:
             _precheck(target, sampler, set_ or [], preset, target_param or [])
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with LogFile(run_dir / "log.txt") as log, RichProgress(
-                err_console, log=log.write, enabled=not quiet) as progress, tracking.track(
-                progress, run_dir, tensorboard) as callback:
-            if resume is not None:
-                outcome = runner.resume_run(resume, budget=budget, callback=callback,
-                                            log=log.write, command=command_line(ctx),
-                                            figures=figures)
-            else:
-                assert target is not None and sampler is not None and budget is not None
-                outcome = runner.run_sampler(
-                    target_name=target, sampler=sampler, budget=budget, seed=seed, out=out,
-                    sets=set_ or [], preset=preset, n_samples=n_samples,
-                    params=target_param or [], reference_path=reference, callback=callback,
-                    log=log.write, command=command_line(ctx), figures=figures)
-    except UsageError as err:
-        raise fail(str(err)) from None
+            runner.rundir.prepare(run_dir)
+        else:
+            runner.rundir.prepare(run_dir, resume=True)
+        # What --resume must agree with (None: not given).
+        expect = {"target": target, "sampler": sampler, "preset": preset, "seed": seed,
+                  "sets": set_, "target_params": target_param, "n_samples": n_samples}
+        outcome = _run_logged(ctx, run_dir, resume, quiet, expect, dict(
+            target_name=target, sampler=sampler, budget=budget, seed=seed or 0, out=out,
+            sets=set_ or [], preset=preset,
+            n_samples=DEFAULT_N_SAMPLES if n_samples is None else n_samples,
+            params=target_param or [],
+            reference_path=reference, figures=figures), tensorboard)
     if tensorboard is not None:
         tracking.write_summary(tensorboard, outcome.metrics)
     record = runner.rundir.read_record(outcome.run_dir)
@@ -217,7 +298,55 @@ def sample_command(
     console.print(metrics_table(outcome.metrics, title))
     console.print(f"reference: {outcome.reference.source}"
                   + (f" ({outcome.reference.path})" if outcome.reference.path else ""))
-    console.print(f"run directory: [bold]{outcome.run_dir}[/]")
+    print_warnings(record.get("warnings") or [])
+    console.print(f"run directory: [bold]{outcome.run_dir}[/] (summary.md)")
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """The sanity check's warnings, one line each, after the metrics table."""
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+
+
+def _run_logged(ctx: typer.Context, run_dir: Path, resume: Path | None, quiet: bool,
+                expect: dict[str, Any], kwargs: dict[str, Any],
+                tensorboard: Path | None = None) -> runner.RunOutcome:
+    """The run (fresh or resumed) with its log, progress bars, metrics.jsonl stream (and
+    TensorBoard scalars); SIGINT / SIGTERM stop it cleanly with exit code 130 / 143 and say how
+    to resume."""
+    with LogFile(run_dir / "log.txt") as log, RichProgress(
+            err_console, log=log.write, enabled=not quiet) as progress, tracking.track(
+            progress, run_dir, tensorboard) as tracked:
+        position = Position(tracked)
+        try:
+            with sigterm_as_exception():
+                if resume is not None:
+                    return resume_run(resume, budget=kwargs["budget"], callback=position,
+                                      log=log.write, command=command_line(ctx),
+                                      figures=kwargs["figures"], expect=expect)
+                return runner.run_sampler(callback=position, log=log.write,
+                                          command=command_line(ctx), **kwargs)
+        except (runner.UsageError, runner.EnvironmentProblem, OSError) as err:
+            with contextlib.suppress(OSError):
+                log.write(f"error: {err}")
+            raise
+        except (KeyboardInterrupt, Terminated) as err:
+            name, code = ("SIGINT", 130) if isinstance(err, KeyboardInterrupt) else ("SIGTERM",
+                                                                                      143)
+            message = _interrupted(run_dir, name, position)
+            with contextlib.suppress(OSError):
+                log.write(message)
+            raise fail(message, code=code) from None
+
+
+def _interrupted(run_dir: Path, signal_name: str, position: Position) -> str:
+    step = None
+    with contextlib.suppress(runner.EnvironmentProblem):
+        step, _ = last_checkpoint(run_dir)
+    where = (f"the last checkpoint is at step {step}" if step is not None
+             else "no checkpoint was written yet")
+    return (f"interrupted by {signal_name} after {position.describe()}; {where}; resume with: "
+            f"boltzkit sample --resume {run_dir}")
 
 
 def _precheck(target: str | None, sampler: str | None, sets: list[str], preset: str | None,
@@ -225,7 +354,29 @@ def _precheck(target: str | None, sampler: str | None, sets: list[str], preset: 
     assert target is not None and sampler is not None
     runner.build_target(target, params)
     module = runner.sampler_module(sampler)
+    if preset is None:
+        preset = runner.default_preset(module, target)
     runner.sampler_config(module, sets, preset, sampler)
+
+
+def _print_resolved(target: str | None, sampler: str | None, sets: list[str],
+                    preset: str | None, params: list[str], resume: Path | None) -> None:
+    """`--dry-run`: what a run would use, resolved (presets, defaults, overrides)."""
+    if resume is not None:
+        record = runner.rundir.read_record(resume)
+        target, sampler, preset = record["target"], record["sampler"], record.get("preset")
+        params = [f"{k}={v}" for k, v in (record.get("target_params") or {}).items()]
+    assert target is not None and sampler is not None
+    built = runner.build_target(target, params)
+    module = runner.sampler_module(sampler)
+    chosen = runner.default_preset(module, target) if preset is None else preset
+    config = (runner.config_from_dict(module, runner.rundir.read_config(resume), sampler)
+              if resume is not None else runner.sampler_config(module, sets, chosen, sampler))
+    shown = {"target": target, **{f"target.{k}": v for k, v in built.describe().items()},
+             "sampler": sampler,
+             "preset": "none (defaults)" if chosen in (None, runner.NO_PRESET) else chosen,
+             **{f"config.{k}": v for k, v in configs.to_dict(config).items()}}
+    console.print(metrics_table(shown, "resolved settings (--dry-run: nothing was run)"))
 
 
 @app.command("evaluate")
@@ -236,18 +387,19 @@ def evaluate_command(
     figures: Annotated[bool, typer.Option(help="Redraw the figures.")] = True,
 ) -> None:
     """Recompute metrics.json (and figures) of a finished run."""
-    try:
+    with clean_errors():
         metrics = runner.evaluate_run(run_dir, reference_path=reference, figures=figures)
-    except UsageError as err:
-        raise fail(str(err)) from None
     console.print(metrics_table(metrics, f"metrics of {run_dir}"))
+    print_warnings(runner.rundir.read_record(run_dir).get("warnings") or [])
     console.print(f"written: {run_dir / runner.rundir.METRICS_FILE}")
 
 
 @app.command("reference")
 def reference_command(
     target: Annotated[str, typer.Argument(help="Target without an exact sampler, e.g. dw4.")],
-    n: Annotated[int | None, typer.Option(help="Number of samples (default 10,000).")] = None,
+    n: Annotated[int | None, typer.Option(
+        "--n-samples", "--n", parser=count, metavar="N",
+        help="Number of samples (default 10,000).")] = None,
     set_: SetOpt = None,
     target_param: Annotated[list[str] | None, typer.Option(
         help="Target parameter key=value; repeatable.")] = None,
@@ -258,7 +410,9 @@ def reference_command(
     """Generate (or find in the cache) a reference sample set by parallel tempering."""
     from boltzkit.app import reference as project_reference
 
-    try:
+    if n is not None and n < 1:
+        raise fail(f"--n-samples must be a positive number of samples, got {n}")
+    with clean_errors():
         built = runner.build_target(target, target_param or [])
         if built.has_exact_samples:
             raise UsageError(f"target {target!r} has an exact sampler: `boltzkit sample` "
@@ -268,8 +422,6 @@ def reference_command(
         with RichProgress(err_console, enabled=not quiet) as callback:
             made = project_reference.make_reference(
                 built, n, sets=set_ or [], seed=seed, callback=callback, refresh=refresh)
-    except UsageError as err:
-        raise fail(str(err)) from None
     meta = made.metadata
     shown = {"n_samples": len(made.samples), "seed": meta.get("seed"),
              **runner.summary_dict(meta.get("counts") or {}, "counts"),
@@ -304,11 +456,13 @@ def experiment_command(
         extra = _experiment_executor(name, run, executor, workers, address)
     except UsageError as err:
         raise fail(str(err)) from None
-    out.mkdir(parents=True, exist_ok=True)
-    runner.seed_everything(seed)
-    runner.rundir.write_json(out / "experiment.json", {
-        "experiment": name, "overrides": set_ or [], "seed": seed, "executor": executor,
-        "command": command_line(ctx), "environment": runner.rundir.environment()})
+    with clean_errors():
+        runner.rundir.make_dir(out)
+        runner.seed_everything(seed)
+        runner.rundir.write_json(out / "experiment.json", {
+            "experiment": name, "overrides": set_ or [], "seed": seed,
+            "executor": executor,
+            "command": command_line(ctx), "environment": runner.rundir.environment()})
     try:
         with LogFile(out / "log.txt") as log, RichProgress(
                 err_console, log=log.write, enabled=not quiet) as progress, tracking.track(
@@ -454,11 +608,9 @@ def demo_command(
     """DW-4: parallel tempering vs MALA at the same energy budget (what `make run` shows)."""
     from boltzkit.app import demo
 
-    try:
+    with clean_errors():
         demo.main(console=console, err_console=err_console, budget=budget, out=out, seed=seed,
                   n_samples=n_samples, figures=figures, quiet=quiet)
-    except UsageError as err:
-        raise fail(str(err)) from None
 
 
 if __name__ == "__main__":

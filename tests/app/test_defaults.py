@@ -18,7 +18,8 @@ def run(tmp_path, name: str, *extra: str) -> dict:
     assert result.exit_code == 0, result.output
     record = json.loads((out / "run.json").read_text())
     config = json.loads((out / "config.json").read_text())
-    return {"record": record, "config": config, "log": (out / "log.txt").read_text()}
+    return {"record": record, "config": config, "log": (out / "log.txt").read_text(),
+            "summary": (out / "summary.md").read_text()}
 
 
 def test_the_targets_preset_is_used_by_default_and_recorded(tmp_path) -> None:
@@ -29,3 +30,10 @@ def test_the_targets_preset_is_used_by_default_and_recorded(tmp_path) -> None:
     plain = run(tmp_path, "plain", "--preset", "none")
     assert plain["record"]["preset"] in (None, "none")
     assert plain["config"]["init_relax_steps"] == 0
+
+
+def test_every_run_writes_a_summary_with_command_budget_and_metrics(tmp_path) -> None:
+    summary = run(tmp_path, "s")["summary"]
+    assert "boltzkit sample dw4 --sampler mala --budget 30000" in summary
+    assert "of 30,000 energy evaluations" in summary and "## Warnings" in summary
+    assert "| count_n_energy |" in summary

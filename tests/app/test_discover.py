@@ -37,3 +37,24 @@ def test_one_targets_parameters_with_types_and_defaults() -> None:
     assert "(none)" in none.output
     bad = invoke("targets", "dw5")
     assert bad.exit_code == 2 and "valid targets" in bad.output and "Traceback" not in bad.output
+
+
+def test_dry_run_prints_the_resolved_config_and_creates_nothing(tmp_path) -> None:
+    out = tmp_path / "never"
+    result = invoke("sample", "dw4", "--sampler", "pt", "--budget", "2e5", "--out", str(out),
+                    "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "config.n_temps" in result.output and "dw4" in result.output
+    assert "nothing" in result.output and not out.exists()
+    plain = invoke("sample", "dw4", "--sampler", "pt", "--budget", "1000", "--preset", "none",
+                   "--dry-run")
+    assert "none (defaults)" in plain.output
+
+
+def test_counts_take_scientific_notation_and_reject_fractions(tmp_path) -> None:
+    from boltzkit.cli import count
+
+    assert count("2e5") == 200_000 and count("200_000") == 200_000
+    bad = invoke("sample", "dw4", "--sampler", "pt", "--budget", "2.5", "--dry-run")
+    assert bad.exit_code == 2 and "not a whole number" in bad.output
+    assert invoke("reference", "dw4", "--n-samples", "0").exit_code == 2

@@ -141,7 +141,7 @@ def test_smc_sampler_convention_and_log_Z() -> None:
     heavy = float((weights * (target.assign(res.samples) == 0)).sum())
     assert abs(heavy - 2 / 3) < 0.1
     json.dumps(res.diagnostics)  # JSON-serialisable
-    fewer = smc_sampler.sample(target, smc_sampler.Config(n_particles=300), n_samples=100,
+    fewer = smc_sampler.sample(target, smc_sampler.Config(n_particles=200), n_samples=100,
                                budget=2000)
     assert fewer.samples.shape == (100, 2) and fewer.log_w is None
     assert fewer.diagnostics["stopped_by_budget"]

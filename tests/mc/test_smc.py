@@ -323,7 +323,7 @@ def test_budget_jumps_to_the_target_and_counts_evaluations() -> None:
     assert float(res.diagnostics.lam[-1]) == 1.0
     spent = int(res.diagnostics.counts["n_target"].sum())
     assert spent == path.target.counter.n_energy - 50
-    assert 700 - 300 < spent <= 700 + 100  # levels cost 300 (reweight, init, step)
+    assert 700 - 300 < spent <= 700  # levels cost 300 (reweight, init, step); the jump 100
 
 
 class ScoreOnlyPath(Path):

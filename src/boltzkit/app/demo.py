@@ -41,6 +41,9 @@ def main(*, console: Console, err_console: Console, budget: int | None = None,
     """Runs the comparison, prints the table and the directory, returns the summary dict."""
     started = time.perf_counter()
     budget = BUDGET if budget is None else budget
+    # what was really run (sys.argv), with the settings it resolved to
+    command = [*rundir.command_line(), "# resolved:", "--budget", str(budget), "--seed",
+               str(seed), "--n-samples", str(n_samples)]
     out = Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}" if out is None else out
     out.mkdir(parents=True, exist_ok=True)
     with LogFile(out / rundir.LOG_FILE) as log:
@@ -53,11 +56,10 @@ def main(*, console: Console, err_console: Console, budget: int | None = None,
                 outcome = runner.run_sampler(
                     target_name=TARGET, sampler=name, budget=budget, seed=seed, out=out / name,
                     preset=PRESET, sets=SETS, n_samples=n_samples, reference_path=ref_path,
-                    callback=callback, log=log.write, figures=figures,
-                    command=["boltzkit", "demo", "--budget", str(budget), "--seed", str(seed),
-                             "--n-samples", str(n_samples)])
+                    callback=callback, log=log.write, figures=figures, command=command)
             rows[name] = {**outcome.metrics, "wall_s": outcome.wall_s}
     summary = {"target": TARGET, "budget": budget, "n_samples": n_samples, "seed": seed,
+               "command": " ".join(command),
                "reference": ref_source, "reference_path": str(ref_path), "runs": rows,
                "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     rundir.write_json(out / "summary.json", summary)
@@ -150,8 +152,7 @@ def rich_table(summary: dict[str, Any]) -> Table:
 def markdown(summary: dict[str, Any]) -> str:
     """The BENCHMARKS.md block: command, machine, date, reference, table."""
     lines = [
-        f"Command: `make run` (`boltzkit demo --budget {summary['budget']} --seed "
-        f"{summary['seed']} --n-samples {summary['n_samples']}`); machine: {summary['machine']}; "
+        f"Command: `{summary['command']}`; machine: {summary['machine']}; "
         f"date: {summary['date']}.",
         f"Samplers: `--preset {PRESET}` with `{' '.join('--set ' + x for x in SETS)}` (the same "
         "start for both, its cost counted). "

@@ -39,13 +39,21 @@ def _finite(x: np.ndarray) -> np.ndarray:
 
 
 def _bins(series: Mapping[str, np.ndarray], n_bins: int, tail: float) -> np.ndarray:
-    """Bins spanning the reference's central 1 - 2*tail mass, or all series pooled."""
+    """Bins spanning the reference's central 1 - 2*tail mass; without a reference, robust bins
+    from all series pooled: the central 90 % widened by its own width on each side (so that a
+    few samples with overlapping atoms at E ~ 1e16 cannot stretch the axis). Values outside
+    the bins are piled into the edge bins and counted in the legend."""
     base = series.get(_REFERENCE)
-    if base is None or base.size == 0:
+    robust = base is None or base.size == 0
+    if robust:
         base = np.concatenate([v for v in series.values()] or [np.zeros(1)])
     if base.size == 0:
         base = np.zeros(1)
-    lo, hi = np.quantile(base, [tail, 1.0 - tail])
+    if robust:
+        q5, q95 = np.quantile(base, [0.05, 0.95])
+        lo, hi = max(base.min(), q5 - (q95 - q5)), min(base.max(), q95 + (q95 - q5))
+    else:
+        lo, hi = np.quantile(base, [tail, 1.0 - tail])
     if not hi > lo:
         lo, hi = lo - 0.5, hi + 0.5
     pad = 0.05 * (hi - lo)
@@ -117,12 +125,18 @@ def traces(
     series: Mapping[str, Sequence[float] | ArrayLike], path: str | Path, *,
     title: str = "diagnostics", xlabel: str = "step", ylabel: str = "",
     log_y: bool = False, first_step: int = 0,
+    x: Mapping[str, Sequence[float] | ArrayLike] | None = None,
 ) -> Path:
     """Line plots of 1-D traces (e.g. ESS fraction per annealing step) on one axis, x counting
-    from `first_step`."""
+    from `first_step`, or at the points `x[label]` where given (markers, sorted by x)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, values in series.items():
         y = _np(values).ravel()
+        if x is not None and label in x:
+            xs = _np(x[label]).ravel()
+            order = np.argsort(xs)
+            ax.plot(xs[order], y[order], "o-", label=label)
+            continue
         ax.plot(np.arange(first_step, first_step + len(y)), y, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -231,9 +245,16 @@ def run_figures(
     if n_particles is not None and spatial_dim is not None:
         dists = {k: pairwise_distances(v, n_particles, spatial_dim) for k, v in views.items()}
         paths.append(distance_histogram(dists, out / "distances.png"))
-    ess = {k: v for k, v in (diagnostics or {}).items() if "ess" in k.lower() and _is_trace(v)}
-    if ess:
-        paths.append(ess_trace(ess, out / "ess.png"))
+    diagnostics = diagnostics or {}
+    ess = {k: v for k, v in diagnostics.items()
+           if "ess" in k.lower() and not k.endswith("_x") and _is_trace(v)}
+    by_step = {k: v for k, v in ess.items() if f"{k}_x" not in diagnostics}
+    if by_step:
+        paths.append(ess_trace(by_step, out / "ess.png"))
+    for key in sorted(set(ess) - set(by_step)):  # ESS at other points (e.g. conditions)
+        paths.append(ess_trace({key: ess[key]}, out / f"{key}.png",
+                               x={key: diagnostics[f"{key}_x"]},
+                               xlabel=str(diagnostics.get(f"{key}_xlabel", "x"))))
     return paths
 
 

@@ -109,13 +109,15 @@ class RichProgress:
             if self._log:
                 self._log(message)
         elif event == "end":
+            # the bar stays where the run got to: a run stopped early shows it
+            done = ""
             if self._task is not None:
                 task = self._progress.tasks[-1]
-                if task.total is not None:
-                    self._progress.update(self._task, completed=task.total)
+                total = "" if task.total is None else f" of {task.total:,.0f}"
+                done = f": {task.completed:,.0f}{total} {task.fields.get('unit', '')}".rstrip()
                 self._progress.stop_task(self._task)
             if self._log:
-                self._log("end")
+                self._log(f"end{done}")
             self._task = None
 
 

@@ -3,14 +3,18 @@ config, seed the global RNGs, sample under a budget, evaluate against a referenc
 everything (layout in `boltzkit.app.rundir`). The CLI and the demo call these; nothing here prints.
 
 Names are checked before anything runs, and every bad name or key raises `UsageError` with the
-valid choices, which the CLI turns into a clean message and a non-zero exit code.
+valid choices, which the CLI turns into a clean message and exit code 2. A file or file system
+that fails (corrupt run files, a truncated checkpoint, a full disk, a read-only file system)
+raises `EnvironmentProblem` naming the path and the cause (exit code 1); no temporary file is
+left behind and the previous checkpoint stays intact.
+
+Resuming a run lives in `boltzkit.app.resume`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,11 +27,14 @@ import torch
 from torch import Tensor
 
 from boltzkit import samplers, targets
-from boltzkit.app import rundir
+from boltzkit.app import failures, rundir, summary
 from boltzkit.core import config as configs
-from boltzkit.core.errors import UsageError
+from boltzkit.core.errors import EnvironmentProblem, UsageError
+from boltzkit.evaluate import sanity
 from boltzkit.samplers import Callback, SampleResult, null_callback
 from boltzkit.targets import Target
+
+__all__ = ["EnvironmentProblem", "UsageError"]  # what the CLI catches, re-exported
 
 
 class Reference(NamedTuple):
@@ -57,12 +64,14 @@ def seed_everything(seed: int) -> None:
 
 def build_target(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> Target:
     """`boltzkit.targets.build`: a target from its name and `key=value` parameters."""
-    return targets.build(name, params)
+    with failures.no_empty_parameter_list(name):
+        return targets.build(name, params)
 
 
 def target_params(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> dict[str, Any]:
     """The explicitly given target parameters, typed (as recorded in run.json)."""
-    return targets.typed_params(name, params)
+    with failures.no_empty_parameter_list(name):
+        return targets.typed_params(name, params)
 
 
 def sampler_module(name: str) -> ModuleType:
@@ -159,7 +168,7 @@ def run_sampler(
     figures: bool = True,
 ) -> RunOutcome:
     """Checks every name, then samples, writes the run directory, evaluates and draws figures."""
-    _check_sizes(budget, n_samples)
+    check_sizes(budget, n_samples)
     target = build_target(target_name, params)
     module = sampler_module(sampler)
     if preset is None:
@@ -182,35 +191,18 @@ def run_sampler(
         "reference": {"source": reference.source, "path": reference.path},
     }
     rundir.write_record(run_dir, record, configs.to_dict(config))
-    return _execute(run_dir, target, module, config, record, reference, callback=callback,
-                    log=log, resume=False, figures=figures)
-
-
-def resume_run(run_dir: str | Path, *, budget: int | None = None,
-               callback: Callback = null_callback, log: Callable[[str], None] | None = None,
-               command: Sequence[str] | None = None, figures: bool = True) -> RunOutcome:
-    """Continues the run in `run_dir` from its sampler's last checkpoint, with the recorded
-    target, sampler, config and seed; `budget` (if given) replaces the recorded total budget."""
     try:
-        run_dir = rundir.prepare(run_dir, resume=True)
-        record = rundir.read_record(run_dir)
-    except rundir.RunDirError as err:
-        raise UsageError(str(err)) from None
-    if budget is not None:
-        _check_sizes(budget, int(record["n_samples"]))
-        record["budget"] = budget
-    target = build_target(record["target"], record.get("target_params") or {})
-    module = sampler_module(record["sampler"])
-    config = config_from_dict(module, rundir.read_config(run_dir), record["sampler"])
-    reference = _recorded_reference(target.uncounted(), record)
-    rundir.update_record(run_dir, budget=record["budget"],
-                         resumed=(record.get("resumed") or [])
-                         + [list(command) if command is not None else rundir.command_line()])
-    return _execute(run_dir, target, module, config, record, reference, callback=callback,
-                    log=log, resume=True, figures=figures)
+        return execute(run_dir, target, module, config, record, reference, callback=callback,
+                        log=log, resume=False, figures=figures)
+    except UsageError:
+        # Refused before it sampled (e.g. more samples than the budget buys): leave no record,
+        # so that the same --out can be used again.
+        for name in (rundir.RUN_FILE, rundir.CONFIG_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+        raise
 
 
-def _execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
+def execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
              record: Mapping[str, Any], reference: Reference, *, callback: Callback,
              log: Callable[[str], None] | None, resume: bool, figures: bool) -> RunOutcome:
     seed_everything(int(record["seed"]))
@@ -221,27 +213,55 @@ def _execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
                                resume=resume)
     except UsageError as err:
         # e.g. a budget too small for one step; any other exception is a bug and propagates
-        # with its traceback (the CLI writes it to the run's log).
+        # with its traceback (the CLI writes it to the run's log)
+        rundir.remove_temporaries(run_dir)
         raise UsageError(f"sampler {record['sampler']!r}: {err}") from None
+    except EnvironmentProblem:
+        rundir.remove_temporaries(run_dir)
+        raise
+    except (OSError, RuntimeError) as err:
+        problem = failures.write_failure(run_dir, err)
+        if problem is None:
+            raise
+        raise problem from None
+    except BaseException:  # Ctrl-C, SIGTERM: the last complete checkpoint is what remains
+        rundir.remove_temporaries(run_dir)
+        raise
     wall_s = time.perf_counter() - start
     rundir.write_samples(run_dir, result.samples, result.log_w, result.log_Z)
-    rundir.write_json(run_dir / rundir.DIAGNOSTICS_FILE,
-                      {"diagnostics": result.diagnostics, "counts": result.counts})
+    rundir.write_json(run_dir / rundir.DIAGNOSTICS_FILE, diagnostics_file(result))
     rundir.update_record(run_dir, wall_s=wall_s, counts=result.counts)
     if log:
         log(f"sampled {tuple(result.samples.shape)} in {wall_s:.1f} s; counts {result.counts}")
     metrics = evaluate_run(run_dir, reference=reference, figures=figures)
+    if log:
+        for warning in rundir.read_record(run_dir).get("warnings") or []:
+            log(f"warning: {warning}")
     return RunOutcome(run_dir, result, metrics, reference, wall_s)
 
 
-def _check_sizes(budget: int, n_samples: int) -> None:
+def diagnostics_file(result: SampleResult) -> dict[str, Any]:
+    """diagnostics.json's content: the sampler's diagnostics and its evaluation counts. A
+    diagnostic that shares a count's name but means something else (MCMC's `n_nonfinite`:
+    proposals rejected for a non-finite energy or score, vs. the count of energy evaluations
+    that came back NaN or inf) is written as `sampler_<name>`, so each name has one meaning."""
+    diagnostics = {(f"sampler_{k}" if k in result.counts else k): v
+                   for k, v in result.diagnostics.items()}
+    return {"diagnostics": diagnostics, "counts": result.counts,
+            "notes": {"counts.n_nonfinite": "target energy evaluations that returned NaN or inf",
+                      "diagnostics.sampler_n_nonfinite": "the sampler's own count: MCMC, "
+                      "proposals rejected for a non-finite energy or score; flow and TRADE, "
+                      "non-finite log-weights"}}
+
+
+def check_sizes(budget: int, n_samples: int) -> None:
     if budget < 1:
         raise UsageError(f"--budget must be a positive number of energy evaluations, got {budget}")
     if n_samples < 1:
         raise UsageError(f"--n-samples must be positive, got {n_samples}")
 
 
-def _recorded_reference(target: Target, record: Mapping[str, Any],
+def recorded_reference(target: Target, record: Mapping[str, Any],
                         path: str | Path | None = None) -> Reference:
     recorded = (record.get("reference") or {})
     if path is None and recorded.get("source") == "file":
@@ -262,13 +282,13 @@ def evaluate_run(run_dir: str | Path, *, reference: Reference | None = None,
     """
     run_dir = Path(run_dir)
     try:
-        record = rundir.read_record(run_dir)
+        record = rundir.read_record(run_dir, require=rundir.RECORD_KEYS)
         x_np, log_w_np, log_Z = rundir.read_samples(run_dir)
     except rundir.RunDirError as err:
         raise UsageError(str(err)) from None
     target = build_target(record["target"], record.get("target_params", {})).uncounted()
     if reference is None:
-        reference = _recorded_reference(target, record, reference_path)
+        reference = recorded_reference(target, record, reference_path)
     x = torch.as_tensor(x_np)
     if x.ndim != 2 or x.shape[1] != target.dim:
         raise UsageError(f"{run_dir}: samples have shape {tuple(x.shape)}, target "
@@ -280,28 +300,56 @@ def evaluate_run(run_dir: str | Path, *, reference: Reference | None = None,
         metrics["sampler_log_Z"] = log_Z
         if target.log_Z is not None:
             metrics["sampler_log_Z_error"] = log_Z - float(target.log_Z)
+    _use_sampler_log_Z_se(metrics, _read_diagnostics(run_dir))
     counts = record.get("counts") or {}
     metrics.update({f"count_{k}": v for k, v in counts.items()})
     metrics["reference_source"] = reference.source
     written = rundir.write_metrics(run_dir, metrics)
+    finite = x[torch.isfinite(x).all(dim=1)]
+    energies, ref_energies = _energies(target, finite, reference.samples)
+    warnings = sanity.warnings_for(written, energies, ref_energies, target.typical_energy_max)
+    rundir.update_record(run_dir, warnings=warnings)
     if figures:
-        draw_figures(run_dir, x[torch.isfinite(x).all(dim=1)], target, reference.samples)
+        draw_figures(run_dir, finite, target, reference.samples, energies, ref_energies)
+    summary.write(run_dir, {**record, "warnings": warnings}, written, _read_diagnostics(run_dir),
+                  warnings)
     return written
 
 
-def draw_figures(run_dir: Path, x: Tensor, target: Target, reference: Tensor | None) -> None:
-    from boltzkit.app import plots  # matplotlib only when figures are asked for
-
-    diagnostics = {}
-    diag_path = run_dir / rundir.DIAGNOSTICS_FILE
-    if diag_path.exists():
-        diagnostics = json.loads(diag_path.read_text()).get("diagnostics", {})
+def _energies(target: Target, x: Tensor, reference: Tensor | None
+              ) -> tuple[Tensor, Tensor | None]:
     with torch.no_grad():
         energies = target.energy(x.to(torch.float64))
-        ref_energies = None if reference is None else target.energy(reference)
-    plots.run_figures(run_dir, x, energies, reference=reference, reference_energies=ref_energies,
-                      n_particles=target.n_particles, spatial_dim=target.spatial_dim,
-                      diagnostics=diagnostics)
+        ref = None if reference is None else target.energy(reference.to(torch.float64))
+    return energies, ref
+
+
+def _read_diagnostics(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / rundir.DIAGNOSTICS_FILE
+    if not path.exists():
+        return {}
+    diagnostics = rundir.read_json_object(path)
+    return diagnostics.get("diagnostics") or {}
+
+
+def _use_sampler_log_Z_se(metrics: dict[str, Any], diagnostics: Mapping[str, Any]) -> None:
+    """A sampler that reports its own log Z standard error (SMC: from independent replicas)
+    overrides the delta-method one of its weights, which after resampling measures nothing;
+    None when it has none (a single replica)."""
+    if "log_Z_se" not in diagnostics:
+        return
+    metrics["sampler_log_Z_se"] = diagnostics["log_Z_se"]
+    if "log_Z_se" in metrics:
+        metrics["log_Z_se"] = diagnostics["log_Z_se"]
+
+
+def draw_figures(run_dir: Path, x: Tensor, target: Target, reference: Tensor | None,
+                 energies: Tensor, reference_energies: Tensor | None) -> None:
+    from boltzkit.app import plots  # matplotlib only when figures are asked for
+
+    plots.run_figures(run_dir, x, energies, reference=reference,
+                      reference_energies=reference_energies, n_particles=target.n_particles,
+                      spatial_dim=target.spatial_dim, diagnostics=_read_diagnostics(run_dir))
 
 
 # ---- internals ----------------------------------------------------------------------------

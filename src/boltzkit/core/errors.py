@@ -1,7 +1,9 @@
 """The errors a user can cause, each a `UsageError` whose message says what is valid.
 
-The CLI prints a `UsageError` as one line and exits with code 2; anything else raised inside a
-sampler is a bug and keeps its traceback. `UnknownName` carries the kind, the name and the valid
+The CLI prints a `UsageError` as one line and exits with code 2, an `EnvironmentProblem` (a
+file or file system that failed: corrupt, truncated, full, read-only) as one line naming the path
+and the cause with exit code 1; anything else raised inside a sampler is a bug and keeps its
+traceback. `UnknownName` carries the kind, the name and the valid
 names so that callers can format or test them without matching message text.
 
 >>> err = UnknownName("sampler", "malla", ["hmc", "mala"])
@@ -33,3 +35,9 @@ class UnknownName(UsageError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class EnvironmentProblem(Exception):
+    """A file or the file system failed, not the user's arguments: a corrupt or truncated run
+    file, no space left on device, a read-only file system. The message names the path and the
+    cause (exit code 1)."""

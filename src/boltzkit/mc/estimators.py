@@ -164,6 +164,23 @@ def elbo(log_w: Tensor) -> float | Tensor:
     return _out(_prepare(log_w).mean(dim=-1))
 
 
+def replica_log_Z(log_Z_replicas: Tensor) -> Estimate:
+    """log Z from R independent replicas (e.g. SMC runs), with a standard error from their spread.
+
+    Each replica r gives an unbiased Z_r (SMC: Del Moral 2004, Prop. 7.4.1), so the pooled
+    estimate is log Z-hat = LSE_r(log Z_r) - log R, unbiased for Z, with the delta-method SE
+    s_Z / (sqrt(R) mean(Z)) = sqrt((R/ESS_R - 1)/(R - 1)), ESS_R the Kish ESS of the Z_r (the
+    formulas of `log_Z` and `log_Z_se` applied across replicas). This is the only honest SE for
+    an SMC run: after resampling the particle weights are equal and their spread says nothing
+    about the error of log Z. The SE is inf for R = 1 (no spread to measure).
+
+    Args:
+        log_Z_replicas: `[..., R]` per-replica estimates log Z_r.
+    """
+    lz = _prepare(log_Z_replicas)
+    return Estimate(_out(_log_Z(lz)), _out(_log_Z_se(lz)))
+
+
 # ---- forward direction: y ~ pi -----------------------------------------------------------------
 def _prepare_ref(log_w_ref: Tensor) -> tuple[Tensor, Tensor]:
     r = _as_f64(log_w_ref, "log_w_ref")
@@ -295,12 +312,27 @@ def batch_mean_abs_error(estimates: Tensor, truth: float) -> Estimate:
     return Estimate(_out(err.mean(dim=-1)), _out(se))
 
 
+def _restricted_elbo(lw: Tensor) -> Tensor:
+    """mean(log w | w > 0) + log(N_+ / N): the ELBO of q restricted to {w > 0} (module docs)."""
+    positive = ~torch.isneginf(lw)
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return torch.tensor(_NEG_INF, dtype=lw.dtype)
+    return lw[positive].mean() + math.log(n_pos / lw.shape[-1])
+
+
 def weight_summary(log_w: Tensor) -> dict[str, float]:
     """All reverse-direction diagnostics of one 1-D set of log-weights, as a flat dict.
 
     Keys: "n" (N), "ess" (Kish count), "ess_fraction", "log_Z" (LSE - log N), "log_Z_se" (delta
-    method), "elbo" (mean log w), "n_zero_weight" (-inf), "n_invalid_weight" (NaN or +inf, given
-    zero weight).
+    method), "elbo" (mean log w; see below), "n_zero_weight" (-inf), "n_invalid_weight" (NaN or
+    +inf, given zero weight).
+
+    With zero weights the plain ELBO (`elbo`) is -inf. The summary reports instead the ELBO of q
+    restricted to the support {w > 0}, q' = q / (1 - p_0) with p_0 = q(w = 0):
+    E_q'[log gamma - log q'] = E_q[log w | w > 0] + log(1 - p_0), estimated by
+    mean(log w | w > 0) + log(N_+ / N). It is still a lower bound of log Z (Jensen under q'),
+    equals `elbo` when no weight is zero, and is -inf only when every weight is.
     """
     raw = _as_f64(log_w, "log_w")
     if raw.ndim != 1:
@@ -315,7 +347,7 @@ def weight_summary(log_w: Tensor) -> dict[str, float]:
         "ess_fraction": ess_.item() / n,
         "log_Z": _log_Z(lw).item(),
         "log_Z_se": _log_Z_se(lw).item(),
-        "elbo": lw.mean().item(),
+        "elbo": _restricted_elbo(lw).item(),
         **counts,
     }
 
@@ -333,6 +365,7 @@ __all__ = [
     "log_Z_se",
     "n_invalid",
     "n_zero_weight",
+    "replica_log_Z",
     "snis",
     "split_batches",
     "weight_summary",

@@ -55,6 +55,8 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from boltzkit.core.errors import UnknownName, UsageError
+
 
 class Density(Protocol):
     """What a kernel needs from a target (a `Target`, a tempered copy, an SMC path level)."""
@@ -97,6 +99,13 @@ class Kernel:
     step_size: float | Tensor
     needs_score: ClassVar[bool] = True
     default_target_accept: ClassVar[float] = 0.5
+
+    def __post_init__(self) -> None:
+        # Python numbers only: tensor step sizes come from `adapted` (exp of a log, so > 0), and
+        # checking them would synchronise a GPU at every adaptation.
+        if not isinstance(self.step_size, Tensor) and not 0 < self.step_size < math.inf:
+            raise UsageError(f"{type(self).__name__} step_size must be > 0 and finite, got "
+                             f"{self.step_size}")
 
     @property
     def evals_per_step(self) -> int:
@@ -208,6 +217,11 @@ class HMC(Kernel):
     n_leapfrog: int = 10
     default_target_accept: ClassVar[float] = 0.65
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_leapfrog < 1:
+            raise UsageError(f"HMC n_leapfrog must be >= 1, got {self.n_leapfrog}")
+
     @property
     def evals_per_step(self) -> int:
         return self.n_leapfrog
@@ -253,7 +267,7 @@ KERNELS: dict[str, type[Kernel]] = {"rwmh": RWMH, "mala": MALA, "hmc": HMC}
 def kernel_from_name(name: str, **hyperparameters: Any) -> Kernel:
     """`KERNELS[name](**hyperparameters)`; unknown names list the valid ones."""
     if name not in KERNELS:
-        raise KeyError(f"unknown kernel {name!r}; valid kernels: {', '.join(KERNELS)}")
+        raise UnknownName("kernel", name, KERNELS)
     return KERNELS[name](**hyperparameters)
 
 

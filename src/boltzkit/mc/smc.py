@@ -30,6 +30,11 @@ contribute log g = 0 (their per-level ESS is then that of partial weights only).
 
 Replicas: particles are `[R, N, d]`, R independent runs in one call (each with its own adaptive
 levels, resampling decisions and per-replica MCMC step sizes). Weights and log Z are float64.
+The standard error of log Z comes from the replicas (`estimators.replica_log_Z(res.log_Z)`),
+never from the final weights: after resampling they are equal whatever the error.
+
+Zero weights: an incremental log-weight that is -inf (a vanishing target density), NaN or +inf
+makes the particle's weight exactly zero (log_w = -inf, counted by `estimators.n_zero_weight`).
 
 >>> import torch
 >>> from boltzkit.mc.paths import Gaussian, GeometricPath
@@ -49,6 +54,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from boltzkit.core.errors import UnknownName, UsageError
 from boltzkit.mc import estimators
 from boltzkit.mc.paths import Path
 from boltzkit.mc.resampling import RESAMPLERS
@@ -73,7 +79,8 @@ class Resampling:
 
     def __post_init__(self) -> None:
         if self.scheme not in RESAMPLERS:
-            raise KeyError(f"unknown resampler {self.scheme!r}; valid: {', '.join(RESAMPLERS)}")
+            raise UnknownName("resampler", self.scheme, RESAMPLERS)
+        _check_range("ess_threshold", self.ess_threshold, 0.0, 1.0)
 
     def fires(self, ess: Tensor, n: int) -> Tensor:
         if self.ess_threshold >= 1.0:
@@ -95,6 +102,13 @@ class MCMCMove:
     target_accept: float | None = None
     adapt_rate: float = 0.5
 
+    def __post_init__(self) -> None:
+        if self.n_steps < 1:
+            raise UsageError(f"MCMC moves need n_steps >= 1, got {self.n_steps}")
+        if self.target_accept is not None:
+            _check_range("target_accept", self.target_accept, 0.0, 1.0, open_=True)
+        _check_range("adapt_rate", self.adapt_rate, 0.0, math.inf)
+
 
 @dataclass(frozen=True)
 class AdaptiveSchedule:
@@ -106,6 +120,12 @@ class AdaptiveSchedule:
     max_levels: int = 10_000
     n_bisection: int = 50
 
+    def __post_init__(self) -> None:
+        _check_range("cess_fraction", self.cess_fraction, 0.0, 1.0, open_=True)
+        if self.max_levels < 1 or self.n_bisection < 1:
+            raise UsageError(f"need max_levels >= 1 and n_bisection >= 1, got {self.max_levels} "
+                             f"and {self.n_bisection}")
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -115,6 +135,14 @@ class Identity:
 
     def propose(self, x: Tensor, src: Any, dst: Any) -> Move:
         return Move(x, torch.zeros(x.shape[:-1], dtype=torch.float64, device=x.device))
+
+
+def _check_range(name: str, value: float, lo: float, hi: float, open_: bool = False) -> None:
+    """UsageError unless lo <= value <= hi (lo < value < hi with `open_`); NaN never passes."""
+    ok = lo < value < hi if open_ else lo <= value <= hi
+    if not ok:
+        interval = f"({lo}, {hi})" if open_ else f"[{lo}, {hi}]"
+        raise UsageError(f"{name} must lie in {interval}, got {value}")
 
 
 # ---- results ----------------------------------------------------------------------------------
@@ -184,8 +212,10 @@ def smc(
         mcmc: MCMC moves after each level, or None.
         resampling: scheme and ESS threshold.
         budget: target energy evaluations (`path.counts()["n_target"]`) this run may spend:
-            when another level like the last would exceed it, the next level is the target
-            itself, without moves (which may overspend by that reweighting, N evaluations).
+            when another level like the last (the first: reweighting, the kernel's start and
+            its steps) would leave too little for the jump to the target (N R evaluations), the
+            next level is the target itself, without moves. Never overspent when it pays for
+            that jump; `stopped_by_budget` says whether it forced one.
         callback: called as callback("advance", n=1, lam=..., ess_fraction=...) per level.
     """
     proposal = Identity() if proposal is None else proposal
@@ -197,12 +227,14 @@ def smc(
     records["lam"].append(state.lam)
     counts: dict[str, list[int]] = {k: [] for k in path.counts()}
     kernel = mcmc.kernel if mcmc is not None else None
-    stopped, k, level_cost, start = False, 0, 0, path.counts()["n_target"]
+    stopped, k, start = False, 0, path.counts()["n_target"]
+    level_cost, jump_cost = _level_cost(n_rep * n, mcmc), n_rep * n
     while not bool((state.lam >= 1).all()):
         k += 1
         before = path.counts()
-        # Stop when another level like the last would overspend; the jump costs N evaluations.
-        stop_now = budget is not None and before["n_target"] - start + level_cost > budget
+        # Take another level only if the jump to the target (N R evaluations) still fits after it.
+        stop_now = (budget is not None
+                    and before["n_target"] - start + level_cost + jump_cost > budget)
         stopped = stopped or stop_now
         new_state, new_level, increment = _reweight(setup, state, level, k, stop_now)
         _check_telescoping(new_level, resampling, mcmc)
@@ -265,8 +297,6 @@ def _setup(path: Path, schedule: Tensor | AdaptiveSchedule | None, proposal: Any
             raise ValueError("an adaptive schedule needs the identity proposal")
     else:
         schedule = _check_grid(schedule)
-    if mcmc is not None and mcmc.n_steps < 1:
-        raise ValueError("MCMCMove needs n_steps >= 1")
     return _Setup(path, schedule, proposal, backward)
 
 
@@ -300,7 +330,7 @@ def _reweight(setup: _Setup, state: SMCState, level: Any, k: int,
         log_ratio = -move.log_q.double()
         if setup.backward is not None:
             log_ratio = log_ratio + setup.backward.log_prob(x, move.x, level, new_level).double()
-    delta = torch.nan_to_num(log_g_new - state.log_g + log_ratio, nan=-math.inf)
+    delta = _zero_weight_if_invalid(log_g_new - state.log_g + log_ratio)
     delta = torch.where((state.lam < 1)[:, None], delta, torch.zeros_like(delta))
     increment = torch.logsumexp(state.log_w + delta, dim=-1)
     if not bool(torch.isfinite(increment).all()):
@@ -352,7 +382,7 @@ def next_lambda(lam: Tensor, log_w: Tensor, log_g: Tensor,
     """The largest lam' in (lam, 1] with conditional ESS fraction >= the target, by bisection
     (per replica; replicas already at 1 stay there)."""
     def cess(l: Tensor) -> Tensor:
-        delta = torch.nan_to_num(_to64(log_g_at(l)) - log_g, nan=-math.inf)
+        delta = _zero_weight_if_invalid(_to64(log_g_at(l)) - log_g)
         return torch.nan_to_num(conditional_ess_fraction(log_w, delta), nan=0.0)
 
     goal = schedule.cess_fraction
@@ -382,6 +412,14 @@ def _move(x: Tensor, level: Any, mcmc: MCMCMove, kernel: Any) -> tuple[Tensor, .
     return state.x, _to64(state.log_prob), accept.mean(-1), step, kernel
 
 
+def _level_cost(n_total: int, mcmc: MCMCMove | None) -> int:
+    """Predicted target evaluations of one level of n_total particles with identity proposal:
+    the reweighting, and with moves the kernel's start and its steps."""
+    if mcmc is None:
+        return n_total
+    return n_total * (2 + mcmc.n_steps * int(getattr(mcmc.kernel, "evals_per_step", 1)))
+
+
 def _log_prob(level: Any, x: Tensor) -> Tensor:
     if not getattr(level, "has_log_prob", True):
         return torch.zeros(x.shape[:-1], dtype=torch.float64, device=x.device)
@@ -408,6 +446,14 @@ def _check_grid(grid: Tensor) -> Tensor:
 def _n_unique(idx: Tensor) -> Tensor:
     s = idx.sort(-1).values
     return 1 + (s.diff(dim=-1) != 0).sum(-1)
+
+
+def _zero_weight_if_invalid(delta: Tensor) -> Tensor:
+    """NaN and +inf incremental log-weights become -inf (zero weight, as in
+    `boltzkit.mc.estimators`); -inf stays -inf. (`torch.nan_to_num(nan=-inf)` would also map
+    -inf to the most negative float, a tiny positive weight that hides the zero.)"""
+    invalid = torch.isnan(delta) | torch.isposinf(delta)
+    return delta.masked_fill(invalid, -math.inf)
 
 
 def _to64(t: Tensor) -> Tensor:

@@ -12,12 +12,14 @@ Reference: Noe et al., Boltzmann generators, Science 365 (2019), arXiv 1812.0172
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from boltzkit.mc import estimators
-from boltzkit.models.flows import ConditionalFlow
+from boltzkit.models.flows import ConditionalFlow, dtype_of
 from boltzkit.targets.base import Target
 
 
@@ -84,3 +86,45 @@ def reverse_kl_loss(
     if not ok.any():
         return (log_q * 0).sum(), n_bad
     return diff[ok].mean(), n_bad
+
+
+@dataclass(frozen=True)
+class FlowProposal:
+    """A flow as the proposal of `boltzkit.mc.independence.IndependenceMH`.
+
+    The flow's condition is `c` when given, else the level's temperature times `c_ref` (per
+    replica inside parallel tempering, where the level's temperature is `[n_temps, 1]`): TRADE's
+    q(x | T) proposes at every rung of the ladder. Samples and log-densities come back in
+    float64.
+    """
+
+    flow: ConditionalFlow
+    c: float | None = None
+    c_ref: float = 1.0
+
+    def _condition(self, level: Any, shape: tuple[int, ...]) -> Tensor | float:
+        if self.c is not None:
+            return self.c
+        temperature = getattr(level, "temperature", 1.0)
+        if not isinstance(temperature, Tensor):
+            return float(temperature) * self.c_ref
+        return (temperature * self.c_ref).expand(shape).reshape(-1)
+
+    def sample_and_log_prob(self, shape: tuple[int, ...], level: Any
+                            ) -> tuple[Tensor, Tensor]:
+        """Samples `[*shape, dim]` and log q `[*shape]` at the level's condition."""
+        n = math.prod(shape)
+        c = self._condition(level, shape)
+        x, log_q = self.flow.sample_and_log_prob(n, _to(c, self.flow))
+        return x.detach().double().reshape(*shape, -1), log_q.detach().double().reshape(shape)
+
+    def log_prob(self, x: Tensor, level: Any) -> Tensor:
+        """log q(x | level's condition) `[...]` for x `[..., dim]`."""
+        shape = tuple(x.shape[:-1])
+        c = self._condition(level, shape)
+        flat = x.reshape(-1, x.shape[-1]).to(dtype_of(self.flow))
+        return self.flow.log_prob(flat, _to(c, self.flow)).detach().double().reshape(shape)
+
+
+def _to(c: Tensor | float, flow: ConditionalFlow) -> Tensor | float:
+    return c.to(dtype_of(flow)) if isinstance(c, Tensor) else c

@@ -70,6 +70,28 @@ class ChainsConfig:
     device: str = "cpu"
     checkpoint_every: int | None = None  # steps; None: every tenth of the run; 0: never
 
+    def __post_init__(self) -> None:
+        for name in ("n_chains", "thinning"):
+            _check(name, getattr(self, name), ">= 1", getattr(self, name) >= 1)
+        _check("init_relax_steps", self.init_relax_steps, ">= 0", self.init_relax_steps >= 0)
+        if self.checkpoint_every is not None:
+            _check("checkpoint_every", self.checkpoint_every, ">= 0 (0: never; none: every "
+                   "tenth of the run)", self.checkpoint_every >= 0)
+        for name in ("step_size", "init_scale", "init_relax_max_move"):
+            value = getattr(self, name)
+            _check(name, value, "> 0 and finite", 0 < value < math.inf)
+        _check("burn_in", self.burn_in, "a fraction in [0, 1)", 0 <= self.burn_in < 1)
+        _check("adapt_rate", self.adapt_rate, ">= 0", self.adapt_rate >= 0)
+        if self.target_accept is not None:
+            _check("target_accept", self.target_accept, "in (0, 1)",
+                   0 < self.target_accept < 1)
+
+
+def _check(name: str, value: float, valid: str, ok: bool) -> None:
+    """UsageError saying what is valid unless `ok` (NaN fails every comparison, so never ok)."""
+    if not ok:
+        raise UsageError(f"{name} must be {valid}, got {value}")
+
 
 @dataclass(frozen=True)
 class RWMHConfig(ChainsConfig):
@@ -92,6 +114,10 @@ class HMCConfig(ChainsConfig):
     step_size: float = 0.05
     n_leapfrog: int = 10
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check("n_leapfrog", self.n_leapfrog, ">= 1", self.n_leapfrog >= 1)
+
 
 @dataclass(frozen=True)
 class PTConfig(ChainsConfig):
@@ -103,6 +129,12 @@ class PTConfig(ChainsConfig):
     T_max: float = 20.0
     adapt_ladder: bool = True  # move the ladder towards equal swap rates during burn-in
     ladder_every: int = 50  # steps between ladder updates
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("n_leapfrog", "n_temps", "ladder_every"):
+            _check(name, getattr(self, name), ">= 1", getattr(self, name) >= 1)
+        _check("T_max", self.T_max, ">= 1 and finite", 1 <= self.T_max < math.inf)
 
 
 CONFIGS: dict[str, type[ChainsConfig]] = {
@@ -183,23 +215,29 @@ def sample(
         rec.n_burn = int(config.burn_in * n_steps)
     n_burn = rec.n_burn
     times = _keep_times(n_steps, n_burn, math.ceil(n_samples / config.n_chains), config.thinning)
+    if len(times) * config.n_chains < n_samples:
+        raise UsageError(
+            f"budget {budget:,} buys at most {len(times) * config.n_chains:,} samples "
+            f"({n_steps - n_burn} post-burn-in steps of {config.n_chains} chains, thinning "
+            f"{config.thinning}); ask for fewer --n-samples or give a larger --budget")
     run.checkpoint_every = (max(1, n_steps // 10) if config.checkpoint_every is None
                             else config.checkpoint_every)
     rec.trace_every = max(1, n_steps // 200)
     run.start(total=n_steps - rec.t, unit="step",
               description=f"{sampler_name(config)} on {getattr(target, 'name', 'target')}")
     report_every, reported = max(1, n_steps // 100), rec.t
-    while rec.t < n_steps and not run.stop_before(step_cost):
-        state, info = pt.step(state, target)
-        pt, state = rec.record(pt, state, info, config, burning=rec.t < n_burn)
-        if rec.t in times:
-            rec.kept[rec.t] = state.chains.x[0].detach().clone()
-        rec.t += 1
-        if rec.t - reported >= report_every or rec.t == n_steps:
-            run.advance(rec.t - reported, accept=rec.last_accept)
-            reported = rec.t
-        if run.due(rec.t):
-            run.save(_state(pt, state, rec, config))
+    with run.saving_on_interrupt(lambda: _state(pt, state, rec, config)):
+        while rec.t < n_steps and not run.stop_before(step_cost):
+            state, info = pt.step(state, target)
+            pt, state = rec.record(pt, state, info, config, burning=rec.t < n_burn)
+            if rec.t in times:
+                rec.kept[rec.t] = state.chains.x[0].detach().clone()
+            rec.t += 1
+            if rec.t - reported >= report_every or rec.t == n_steps:
+                run.advance(rec.t - reported, accept=rec.last_accept)
+                reported = rec.t
+            if run.due(rec.t):
+                run.save(_state(pt, state, rec, config))
     run.save(_state(pt, state, rec, config))
     run.end()
     samples = _select(rec.kept, n_samples)
@@ -352,7 +390,7 @@ def _state(pt: ParallelTempering, state: PTState, rec: _Record, config: ChainsCo
            ) -> dict[str, Any]:
     return {"config": dataclasses.asdict(config), "temperatures": pt.temperatures,
             "step_size": pt.kernel.step_size, "chains": state.chains._asdict(),
-            "n_steps": state.n_steps, "record": dataclasses.asdict(rec)}
+            "n_steps": state.n_steps, "record": dataclasses.asdict(rec), "step": rec.t}
 
 
 def _restore(pt: ParallelTempering, ckpt: dict[str, Any], config: ChainsConfig

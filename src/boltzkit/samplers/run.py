@@ -32,8 +32,10 @@ one. `checkpoint_every = 0` (or `run_dir = None`) writes no checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,7 @@ class Run:
         self.callback = callback
         self.stopped_by_budget = False
         self._start = target.counter.as_dict()
+        self._done, self._total, self._unit = 0, 0, "step"
 
     # ---- counts and budget ----------------------------------------------------------------
     @property
@@ -200,13 +203,35 @@ class Run:
         set_rng_state(state["rng"])
         return state
 
+    @contextlib.contextmanager
+    def saving_on_interrupt(self, state: Callable[[], dict[str, Any]]) -> Iterator[None]:
+        """On Ctrl-C or SIGTERM (any `BaseException` that is not an `Exception`) inside the
+        block: writes the checkpoint `state()` (the loop's current state), logs where the run
+        stopped, and re-raises."""
+        try:
+            yield
+        except Exception:
+            raise
+        except BaseException:
+            if self.checkpoint_path is not None:
+                self.save(state())
+                self.log(f"interrupted after {self.position}: checkpoint written")
+            raise
+
     # ---- progress events ------------------------------------------------------------------
+    @property
+    def position(self) -> str:
+        """e.g. '588 of 2000 steps'."""
+        return f"{self._done:,} of {self._total:,} {self._unit}s"
+
     def start(self, total: int, unit: str, description: str) -> None:
         """The "start" event."""
+        self._done, self._total, self._unit = 0, int(total), unit
         self.callback("start", total=total, unit=unit, description=description)
 
     def advance(self, n: int = 1, **info: Any) -> None:
         """An "advance" event of n units, with scalars to show."""
+        self._done += int(n)
         self.callback("advance", n=n, **info)
 
     def log(self, message: str) -> None:
@@ -214,5 +239,8 @@ class Run:
         self.callback("log", message=message)
 
     def end(self) -> None:
-        """The "end" event."""
+        """The "end" event; a run the budget stopped says where."""
+        if self.stopped_by_budget:
+            self.log(f"stopped by the budget after {self.position} "
+                     f"({self.spent['n_energy']:,} of {self.budget:,} energy evaluations)")
         self.callback("end")

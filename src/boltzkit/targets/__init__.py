@@ -36,6 +36,8 @@ REGISTRY = Registry("target", {
     "lj13-eacf": "boltzkit.targets.particles:lj13_eacf",
     "phi4": "boltzkit.targets.lattice:phi4",
     "two-moons": "boltzkit.targets.two_moons:two_moons",
+    "aldp": "boltzkit.targets.molecules:aldp",
+    "aldp-fab": "boltzkit.targets.molecules:aldp_fab",
 })
 
 

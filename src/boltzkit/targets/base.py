@@ -54,6 +54,9 @@ class Target:
     name: str = "target"
     exact_sampler: bool = False  # subclasses with `_sample` set this
     exact_tempered_sampler: bool = False  # ... and with `_tempered_sample`
+    # A bound the reduced energy of typical configurations stays below (None: unknown); the
+    # run's sanity check warns when many samples exceed it (a bound cluster has E < 0).
+    typical_energy_max: float | None = None
     n_particles: int | None = None
     spatial_dim: int | None = None
 

@@ -185,6 +185,7 @@ class LennardJones(PairPotential):
         super().__init__(n_particles, spatial_dim, harmonic)
         self.pair_factor = float(pair_factor)
         self.name = name or f"lj{n_particles}"
+        self.typical_energy_max = 0.0  # a bound cluster; E > 0 means overlapping atoms
 
     def _pair_energy(self, r2: Tensor) -> Tensor:
         inv6 = r2.reciprocal().pow(3)

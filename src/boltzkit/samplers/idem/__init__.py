@@ -45,7 +45,7 @@ from boltzkit.samplers.idem.core import (
     reverse_sde,
 )
 from boltzkit.samplers.idem.run import CHECKPOINT, CountingEvaluator, OutOfBudget
-from boltzkit.samplers.run import Run
+from boltzkit.samplers.run import Run, require
 from boltzkit.targets.base import Target
 
 
@@ -153,6 +153,9 @@ def sample(target: Target, config: Config, *, n_samples: int, budget: int | None
         SampleResult with equally weighted samples (log_w None, log_Z None) in the target's
         coordinates, diagnostics (losses, time split, stopped_by_budget) and counts.
     """
+    inner = config.batch_size * config.n_mc
+    require(budget, inner, f"one inner training step of iDEM (batch_size {config.batch_size} x "
+            f"n_mc {config.n_mc}); an outer iteration costs {inner * config.n_inner:,}")
     training = _Training(target, config, budget, run_dir, callback=callback)
     run = training.run
     if resume:

@@ -144,6 +144,9 @@ def _propagation_term(flow: ConditionalFlow, family: Family, config: Config, dat
     losses, info = propagation_loss(flow, family, c, config, context, expectation)
     record["n_nonfinite"] += info["n_nonfinite"]
     record["last_ess_fraction"] = info["ess_fraction"]
+    # the points of that list are conditions, not steps: figures plot it against them
+    record["last_ess_fraction_x"] = c.tolist()
+    record["last_ess_fraction_xlabel"] = f"condition c ({config.parameter})"
     if config.conditions == "grid":
         w = causality_weights(c, losses, config.c0, config.causality_eps)
         record["last_causality_weights"] = w.tolist()

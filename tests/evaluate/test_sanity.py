@@ -1,0 +1,49 @@
+"""The post-run sanity check: silent on exact samples, loud on clearly wrong ones."""
+
+from __future__ import annotations
+
+import torch
+
+from boltzkit import targets
+from boltzkit.evaluate import sanity
+from boltzkit.evaluate.evaluation import evaluate
+
+
+def check(x: torch.Tensor, target, reference: torch.Tensor) -> list[str]:
+    metrics = evaluate(x, target, reference=reference, generator=torch.Generator().manual_seed(1))
+    finite = x[torch.isfinite(x).all(dim=1)]
+    return sanity.warnings_for(metrics, target.energy(finite), target.energy(reference),
+                               target.typical_energy_max)
+
+
+def test_exact_samples_raise_no_warning() -> None:
+    target = targets.get("gmm40")
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        x, ref = target.sample(1000, generator=g), target.sample(2000, generator=g)
+        assert check(x, target, ref) == []
+
+
+def test_samples_from_the_wrong_temperature_are_flagged() -> None:
+    target = targets.get("gmm40")
+    g = torch.Generator().manual_seed(0)
+    ref = target.sample(2000, generator=g)
+    hot = ref[:1000] + 3.0 * torch.randn(1000, 2, generator=g, dtype=ref.dtype)
+    found = check(hot, target, ref)
+    assert any("outside the reference's whole range" in w for w in found)
+    assert any("noise floor" in w for w in found)
+
+
+def test_nonfinite_samples_and_degenerate_weights_are_flagged() -> None:
+    metrics = {"n_samples": 90.0, "n_nonfinite_samples": 10.0, "ess_fraction": 0.002}
+    found = sanity.warnings_for(metrics, torch.zeros(90), None, None)
+    assert found[0].startswith("10 of 100 samples") and "degenerate" in found[1]
+
+
+def test_positive_lennard_jones_energies_are_flagged() -> None:
+    lj = targets.get("lj13")
+    assert lj.typical_energy_max == 0.0
+    exploded = torch.full((50,), 1e6, dtype=torch.float64)
+    assert any("above 0" in w for w in sanity.warnings_for({}, exploded, None, 0.0))
+    bound = torch.full((50,), -40.0, dtype=torch.float64)
+    assert sanity.warnings_for({}, bound, None, 0.0) == []
