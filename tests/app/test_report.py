@@ -51,6 +51,7 @@ def runs(tmp_path: Path) -> list[Path]:
     rundir.write_json(experiment / "experiment.json", {"experiment": "amc-gmm", "seed": 0,
                                                        "command": ["boltzkit", "experiment"]})
     rundir.write_json(experiment / "headline.json", {"n_runs": 3, "wall_s": 2.0})
+    (experiment / "results.md").write_text("| kernel | error |\n|---|---|\n| ddim | 0.4 |\n")
     return [fake_run(tmp_path / "small", 1000, 2.5), fake_run(tmp_path / "large", 4000, 0.5),
             experiment]
 
@@ -112,6 +113,7 @@ def test_the_page_is_self_contained_with_tables_images_and_commands(runs, tmp_pa
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_SIGNATURE)
     assert "boltzkit sample gmm40 --budget 1000 --note <b>&" in page.pre  # escaped, read back
+    assert any("| ddim | 0.4 |" in text for text in page.pre)  # the experiment's results.md
     text = html_path.read_text()
     assert "2.5 (floor 0.1 ± 0.02)" in text and "n/a" in text
     md = md_path.read_text()

@@ -6,9 +6,9 @@ experiment (experiment.json, headline.json; `boltzkit experiment`) or a leaderbo
 (bench.json; `boltzkit bench`). The page holds a summary table of every run (target, sampler,
 budget, seed, wall time and the headline metrics with their noise floors), the leaderboard of
 a bench, metric-versus-budget plots where runs of one target and sampler differ in budget, and
-per run the command that made it, the machine it ran on, all its metrics and its figures. The
-HTML embeds every image as a base64 PNG (the page opens anywhere, alone); the markdown links
-the images where they lie.
+per run the command that made it, the machine it ran on, all its metrics, an experiment's
+results.md and its figures. The HTML embeds every image as a base64 PNG (the page opens
+anywhere, alone); the markdown links the images where they lie.
 
 >>> cell({"energy_w1": 0.5, "energy_w1_floor": 0.1, "energy_w1_floor_std": 0.02}, "energy_w1")
 '0.5 (floor 0.1 ± 0.02)'
@@ -32,6 +32,7 @@ from boltzkit.core.errors import UsageError
 
 HEADLINE = ("energy_w1", "energy_w2", "x_w2", "distance_w2", "distance_tv", "symmetry_w2",
             "mode_weight_error_max_pp", "ess_fraction", "log_Z_error", "sampler_log_Z_error")
+RESULTS = "results.md"  # an experiment's tables, shown as they are
 MACHINE = ("platform", "processor", "machine", "cpu_count", "torch_threads", "cuda", "python",
            "torch", "boltzkit")
 
@@ -253,6 +254,9 @@ def to_html(runs: Sequence[Run], extra: Sequence[Table], plots: dict[str, bytes]
                      f"<p>directory: <code>{html.escape(str(r.path))}</code></p>\n"
                      f"<pre>{html.escape(command_text(r))}</pre>\n")
         parts += [_html_table(machine_table(r)), _html_table(metrics_table(r))]
+        if (r.path / RESULTS).exists():
+            parts.append(f"<h3>{RESULTS}</h3>\n<pre>"
+                         f"{html.escape((r.path / RESULTS).read_text(encoding='utf-8'))}</pre>\n")
         parts += [_html_image(f.read_bytes(), f.name) for f in r.figures]
         parts.append("</section>\n")
     parts.append("</body>\n</html>\n")
@@ -279,6 +283,8 @@ def to_markdown(runs: Sequence[Run], extra: Sequence[Table], title: str, base: P
         parts.append(f"## {r.name} ({r.kind})\n\ndirectory: `{r.path}`\n\n```\n"
                      f"{command_text(r)}\n```\n\n")
         parts += [_md_table(machine_table(r)), _md_table(metrics_table(r))]
+        if (r.path / RESULTS).exists():
+            parts.append((r.path / RESULTS).read_text(encoding="utf-8") + "\n\n")
         parts += [f"![{f.name}]({Path(os.path.relpath(f, base)).as_posix()})\n\n"
                   for f in r.figures]
     return "".join(parts)
