@@ -3,11 +3,15 @@
     boltzkit targets
     boltzkit sample TARGET --sampler NAME --budget N_ENERGY_EVALS --seed S --out DIR
                     [--set key=value ...] [--preset NAME] [--n-samples N]
-                    [--target-param key=value ...] [--reference PATH]
+                    [--target-param key=value ...] [--reference PATH] [--tensorboard DIR]
     boltzkit sample --resume RUN_DIR [--budget N]
     boltzkit evaluate RUN_DIR [--reference PATH]
     boltzkit reference TARGET [--n N] [--set key=value ...]
-    boltzkit experiment NAME [--set key=value ...] --out DIR
+    boltzkit experiment NAME [--set key=value ...] --out DIR [--executor serial|local|ray]
+                        [--workers N] [--address HOST:PORT]
+    boltzkit report RUN_DIR... [--out report.html]
+    boltzkit bench [--quick] [--target T ...] [--sampler S ...] [--budget N] [--out DIR]
+                   [--executor serial|local|ray] [--workers N]
     boltzkit demo
 
 Bad names, keys and values exit with code 2 and a message listing the valid ones; a file or
@@ -34,7 +38,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from boltzkit import targets
-from boltzkit.app import runner
+from boltzkit.app import runner, tracking
 from boltzkit.app.progress import LogFile, RichProgress
 from boltzkit.app.resume import last_checkpoint, resume_run
 from boltzkit.core import config as configs
@@ -250,6 +254,8 @@ def sample_command(
     reference: Annotated[Path | None, typer.Option(
         help="Reference samples (.npy or .npz, an n x dim array) to evaluate against.")] = None,
     figures: Annotated[bool, typer.Option(help="Draw the PNG figures.")] = True,
+    tensorboard: Annotated[Path | None, typer.Option(
+        help="Also write TensorBoard scalars here (needs the tensorboard package).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     dry_run: Annotated[bool, typer.Option(
         help="Print the resolved target, preset and config, and exit without running.")
@@ -283,7 +289,9 @@ def sample_command(
             sets=set_ or [], preset=preset,
             n_samples=DEFAULT_N_SAMPLES if n_samples is None else n_samples,
             params=target_param or [],
-            reference_path=reference, figures=figures))
+            reference_path=reference, figures=figures), tensorboard)
+    if tensorboard is not None:
+        tracking.write_summary(tensorboard, outcome.metrics)
     record = runner.rundir.read_record(outcome.run_dir)
     title = f"{record['target']} / {record['sampler']}: {int(outcome.metrics['n_samples'])} " \
             f"samples, budget {record['budget']:,} energy evals, {outcome.wall_s:.1f} s"
@@ -301,12 +309,15 @@ def print_warnings(warnings: list[str]) -> None:
 
 
 def _run_logged(ctx: typer.Context, run_dir: Path, resume: Path | None, quiet: bool,
-                expect: dict[str, Any], kwargs: dict[str, Any]) -> runner.RunOutcome:
-    """The run (fresh or resumed) with its log and progress bars; SIGINT / SIGTERM stop it
-    cleanly with exit code 130 / 143 and say how to resume."""
+                expect: dict[str, Any], kwargs: dict[str, Any],
+                tensorboard: Path | None = None) -> runner.RunOutcome:
+    """The run (fresh or resumed) with its log, progress bars, metrics.jsonl stream (and
+    TensorBoard scalars); SIGINT / SIGTERM stop it cleanly with exit code 130 / 143 and say how
+    to resume."""
     with LogFile(run_dir / "log.txt") as log, RichProgress(
-            err_console, log=log.write, enabled=not quiet) as progress:
-        position = Position(progress)
+            err_console, log=log.write, enabled=not quiet) as progress, tracking.track(
+            progress, run_dir, tensorboard) as tracked:
+        position = Position(tracked)
         try:
             with sigterm_as_exception():
                 if resume is not None:
@@ -427,6 +438,13 @@ def experiment_command(
     out: Annotated[Path, typer.Option(help="Directory for the experiment's outputs.")],
     set_: SetOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for torch/numpy/random (recorded).")] = 0,
+    executor: Annotated[str | None, typer.Option(
+        help="Run the experiment's independent runs with serial | local | ray.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Processes (local) or CPUs of the local Ray instance (default: all cores).")
+                       ] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join (HOST:PORT or auto); with --executor ray.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run a named experiment (tables and figures go to --out)."""
@@ -435,6 +453,7 @@ def experiment_command(
     try:
         configs.parse_assignments(set_ or [])
         run = experiments.get(name)
+        extra = _experiment_executor(name, run, executor, workers, address)
     except UsageError as err:
         raise fail(str(err)) from None
     with clean_errors():
@@ -442,16 +461,93 @@ def experiment_command(
         runner.seed_everything(seed)
         runner.rundir.write_json(out / "experiment.json", {
             "experiment": name, "overrides": set_ or [], "seed": seed,
+            "executor": executor,
             "command": command_line(ctx), "environment": runner.rundir.environment()})
     try:
         with LogFile(out / "log.txt") as log, RichProgress(
-                err_console, log=log.write, enabled=not quiet) as callback:
-            headline = run(out, set_ or [], callback)
+                err_console, log=log.write, enabled=not quiet) as progress, tracking.track(
+                progress, out) as callback:
+            headline = run(out, set_ or [], callback, **extra)
     except UsageError as err:
         raise fail(str(err)) from None
     runner.rundir.write_json(out / "headline.json", headline)
+    if headline.get("n_failed"):
+        err_console.print(f"[bold yellow]Warning:[/] {headline['n_failed']} run(s) failed; "
+                          f"see {out / 'log.txt'} and {out / 'runs'}/*.failed.json")
     console.print(metrics_table(runner.summary_dict(headline), f"experiment {name}"))
     console.print(f"outputs: [bold]{out}[/]")
+
+
+def _experiment_executor(name: str, run: Any, executor: str | None, workers: int | None,
+                         address: str | None) -> dict[str, Any]:
+    """{"executor": ...} for experiments whose `run` takes one; a clear error when the options
+    are given to an experiment that runs serially only."""
+    from boltzkit.app import executors
+
+    if executor is None and workers is None and address is None:
+        return {}
+    if "executor" not in inspect.signature(run).parameters:
+        from boltzkit import experiments
+
+        able = [n for n in experiments.names()
+                if "executor" in inspect.signature(experiments.get(n)).parameters]
+        raise UsageError(f"experiment {name!r} runs its runs serially and takes no --executor, "
+                         f"--workers or --address (experiments that do: {', '.join(able)})")
+    return {"executor": executors.make(executor or "local", workers, address)}
+
+
+@app.command("report")
+def report_command(
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="Run directories (of sample, experiment or bench).")],
+    out: Annotated[Path, typer.Option(
+        help="HTML file to write (its markdown twin goes next to it, .md).")] = Path(
+            "report.html"),
+) -> None:
+    """Build one self-contained HTML page (and a markdown twin) from run directories."""
+    from boltzkit.app import report
+
+    try:
+        html_path, md_path = report.write(out, run_dirs)
+    except UsageError as err:
+        raise fail(str(err)) from None
+    console.print(f"written: [bold]{html_path}[/] and [bold]{md_path}[/]")
+
+
+@app.command("bench")
+def bench_command(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(
+        help="Directory of the bench (default runs/bench-TIME).")] = None,
+    quick: Annotated[bool, typer.Option(
+        help="The smoke test: 2 targets x 2 samplers at tiny budgets.")] = False,
+    target: Annotated[list[str] | None, typer.Option(
+        help="Only these targets (repeatable).")] = None,
+    sampler: Annotated[list[str] | None, typer.Option(
+        help="Only these samplers (repeatable).")] = None,
+    budget: Annotated[int | None, typer.Option(
+        help="Energy evaluations per run, for every target (default: the bench's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every run (recorded).")] = 0,
+    executor: Annotated[str, typer.Option(help="serial | local | ray.")] = "serial",
+    workers: Annotated[int | None, typer.Option(help="Processes or Ray CPUs.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Leaderboard of samplers x targets at stated budgets; writes report.html and report.md."""
+    from boltzkit.app import bench, executors
+
+    out = out or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        plan = bench.plan(quick, target, sampler, budget, seed)
+        run_on = executors.make(executor, workers, address)
+        with RichProgress(err_console, enabled=not quiet) as callback:
+            summary = bench.run(out, plan, run_on, callback, command_line(ctx))
+    except UsageError as err:
+        raise fail(str(err)) from None
+    console.print(metrics_table(summary, f"bench {out}"))
+    if summary["n_failed"]:
+        err_console.print(f"[bold yellow]Warning:[/] {summary['n_failed']} cell(s) failed; "
+                          f"see {out / 'runs'}/*.failed.json")
 
 
 @app.command("presets")

@@ -20,6 +20,10 @@ last one means anything), resampling count, evaluations (target,
 model, Jacobian-vector products) and wall time; learned models add per-level Fisher divergence
 and ESS of the learned log-density (`boltzkit.diffusion.learned.level_diagnostics`).
 
+Each run, and each training of a learned model, is a task for `boltzkit.app.executors`
+(`--executor serial|local|ray`); its result is kept in `out_dir/runs/KEY.json` (learned models
+in `out_dir/models/`), and a re-run in the same directory skips what is there.
+
 Outputs in `out_dir`: results.csv (one row per run), results.md (mean +- SE over seeds),
 learned_levels.csv, configs.json, and figures error_vs_dim.png, ess_traces.png. Presets
 (`preset=NAME`): "acceptance" (the issue's check), "quick" (seconds, for tests), "dims",
@@ -33,13 +37,13 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from boltzkit.app.executors import Executor, Serial, Task, task_key
 from boltzkit.core import config as configs
 from boltzkit.core import presets
 from boltzkit.core.callback import Callback
@@ -138,63 +142,105 @@ def run_one(target: GaussianMixture, model: Any, kernel_name: str, use_mcmc: boo
     return row, ess
 
 
-def _models(cfg: Config, target: GaussianMixture, key: dict[str, Any], log: Callable,
-            learned_rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
-    """The diffusion models of `cfg.models` for one target (learned ones trained here)."""
-    schedule = SCHEDULES[cfg.schedule]()
-    out: dict[str, Any] = {}
-    for name in cfg.models:
-        if name == "perfect":
-            out[name] = PerfectModel(target, schedule)
-            continue
-        if name not in ("learned-energy", "learned-score"):
-            raise KeyError(f"unknown model {name!r}; valid: perfect, learned-energy, "
-                           "learned-score")
-        torch.manual_seed(10_000 + key["d"])
-        dsm = DSMConfig(parametrisation=name.split("-")[1], n_steps=cfg.train_steps,
-                        hidden=cfg.train_hidden)
-        start = time.perf_counter()
-        trained = train_dsm(target, schedule, dsm)
-        log(f"trained {name} on {key}: final loss {sum(trained.losses[-50:]) / 50:.4f} "
-            f"({time.perf_counter() - start:.0f} s)")
-        times = time_grid(schedule, cfg.n_steps, cfg.grid, t_min=cfg.t_min)[1:-1]
-        diag = level_diagnostics(trained.model, PerfectModel(target, schedule), times)
-        mode_err = 100 * (diag.mode_weights - target.weights).abs().amax(-1)
-        for i in range(len(times)):
-            learned_rows.append({**key, "model": name, "t": float(diag.times[i]),
-                                 "log_snr": float(diag.log_snr[i]),
-                                 "fisher": float(diag.fisher[i]),
-                                 "ess_fraction": float(diag.ess_fraction[i]),
-                                 "learned_mode_weight_error_pp": float(mode_err[i])})
-            _append_csv(out_dir / "learned_levels.csv", learned_rows[-1])
-        out[name] = trained.model
-    return out
+def train_model(cfg: dict[str, Any], mixture: str, d: int, a: float, model: str, path: str
+                ) -> dict[str, Any]:
+    """Task: trains the learned model `model` ("learned-energy" or "learned-score") by
+    denoising score matching (seed 10000 + d), saves it to `path` (torch.save) and returns its
+    per-level diagnostic rows, final loss and training time."""
+    config, target = configs.override(Config(), cfg), make_mixture(mixture, d, a)
+    schedule = SCHEDULES[config.schedule]()
+    torch.manual_seed(10_000 + d)
+    dsm = DSMConfig(parametrisation=model.split("-")[1], n_steps=config.train_steps,
+                    hidden=config.train_hidden)
+    start = time.perf_counter()
+    trained = train_dsm(target, schedule, dsm)
+    wall = time.perf_counter() - start
+    times = time_grid(schedule, config.n_steps, config.grid, t_min=config.t_min)[1:-1]
+    diag = level_diagnostics(trained.model, PerfectModel(target, schedule), times)
+    mode_err = 100 * (diag.mode_weights - target.weights).abs().amax(-1)
+    key = {"mixture": mixture, "d": d, "a": a, "model": model}
+    rows = [{**key, "t": float(diag.times[i]), "log_snr": float(diag.log_snr[i]),
+             "fisher": float(diag.fisher[i]), "ess_fraction": float(diag.ess_fraction[i]),
+             "learned_mode_weight_error_pp": float(mode_err[i])} for i in range(len(times))]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(trained.model, path)
+    return {"rows": rows, "final_loss": sum(trained.losses[-50:]) / 50, "wall_s": wall}
 
 
-def run(out_dir: Path, overrides: list[str], callback: Callback) -> dict[str, Any]:
+def run_model(cfg: dict[str, Any], mixture: str, d: int, a: float, model: str, mcmc: bool,
+              kernel: str, seed: int, model_path: str | None) -> dict[str, Any]:
+    """Task: one SMC run (`run_one`, seeded with `seed`) with the perfect model or the learned
+    one saved at `model_path`; returns its table row and ESS/N trace."""
+    config, target = configs.override(Config(), cfg), make_mixture(mixture, d, a)
+    if model == "perfect":
+        diffusion = PerfectModel(target, SCHEDULES[config.schedule]())
+    else:
+        diffusion = torch.load(model_path, weights_only=False)
+    row, ess = run_one(target, diffusion, kernel, mcmc, seed, config)
+    meta = {"mixture": mixture, "d": d, "a": a, "model": model, "mcmc": mcmc, "kernel": kernel,
+            "seed": seed}
+    return {"row": {**meta, **row}, "ess": ess}
+
+
+def tasks(blocks: list[Config], out_dir: Path) -> tuple[list[Task], list[Task]]:
+    """The sweep as tasks: one training task per learned model and (mixture, d, a), one task
+    per run (block x mixture x d x a x model x mcmc x kernel x seed; duplicates once)."""
+    train: dict[str, Task] = {}
+    runs: dict[str, Task] = {}
+    for cfg in blocks:
+        c = configs.to_dict(cfg)
+        for mix, d, a, name in itertools.product(cfg.mixtures, cfg.dims, cfg.separations,
+                                                 cfg.models):
+            coords = {"cfg": c, "mixture": mix, "d": d, "a": a, "model": name}
+            path = None
+            if name != "perfect":
+                key = task_key(f"train-{mix}-d{d}-a{a:g}-{name}", coords)
+                path = str(out_dir / "models" / f"{key}.pt")
+                train.setdefault(key, Task(key, train_model, {**coords, "path": path}))
+            for use_mcmc, kernel, seed in itertools.product(cfg.mcmc, cfg.kernels, cfg.seeds):
+                if not _valid(name, use_mcmc, kernel):
+                    continue
+                kw = {**coords, "mcmc": use_mcmc, "kernel": kernel, "seed": seed}
+                key = task_key(f"{mix}-d{d}-a{a:g}-{name}-{'mcmc-' * use_mcmc}{kernel}-s{seed}",
+                               kw)
+                runs.setdefault(key, Task(key, run_model, {**kw, "model_path": path}))
+    return list(train.values()), list(runs.values())
+
+
+def run(out_dir: Path, overrides: list[str], callback: Callback,
+        executor: Executor | None = None) -> dict[str, Any]:
     """Diffusion-annealed SMC on Gaussian mixtures: denoising kernels x perfect/learned models.
 
-    Runs the preset's blocks, writes the tables and figures, returns headline numbers."""
+    Runs the preset's blocks as independent tasks on `executor` (default serial; each task
+    seeds itself, so the tables do not depend on it; runs finished in `out_dir/runs` by an
+    earlier call are skipped), writes the tables and figures, returns headline numbers."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    executor = executor or Serial()
     preset, blocks = configs_from(overrides)
     for cfg in blocks:
-        unknown = sorted(set(cfg.kernels) - set(KERNELS))
-        if unknown:
-            raise KeyError(f"unknown kernel(s) {unknown}; valid kernels: {', '.join(KERNELS)}")
+        _check_names(cfg)
     (out_dir / "configs.json").write_text(json.dumps(
         {"preset": preset, "blocks": [configs.to_dict(c) for c in blocks]}, indent=2))
-    for name in ("results.csv", "learned_levels.csv"):
-        (out_dir / name).unlink(missing_ok=True)
-    rows: list[dict[str, Any]] = []
-    learned_rows: list[dict[str, Any]] = []
-    traces: dict[tuple, list[float]] = {}
-    callback("start", total=sum(_n_runs(c) for c in blocks), unit="run",
-             description=f"amc-gmm {preset}")
     started = time.perf_counter()
-    for cfg in blocks:
-        _run_block(cfg, out_dir, callback, rows, learned_rows, traces)
-    callback("end")
+    train_tasks, run_tasks = tasks(blocks, out_dir)
+    trained = executor.map(train_tasks, out_dir / "runs", callback)
+    for key, value in trained.values.items():
+        callback("log", message=f"trained {key}: final loss {value['final_loss']:.4f} "
+                 f"({value['wall_s']:.0f} s)")
+    ready = [t for t in run_tasks if t.kwargs["model_path"] is None
+             or Path(t.kwargs["model_path"]).exists()]
+    done = executor.map(ready, out_dir / "runs", callback)
+    failed = {**trained.failed, **done.failed}
+    for key, error in failed.items():
+        callback("log", message=f"run {key} failed: {error.splitlines()[0]}")
+    rows = [v["row"] for v in done.values.values()]
+    traces = {tuple(v["row"].values())[:7]: v["ess"] for v in done.values.values()}
+    learned_rows = [r for v in trained.values.values() for r in v["rows"]]
+    for name, table in (("results.csv", rows), ("learned_levels.csv", learned_rows)):
+        (out_dir / name).unlink(missing_ok=True)
+        for row in table:
+            _append_csv(out_dir / name, row)
     summary = summarise(rows)
     (out_dir / "results.md").write_text(markdown_table(summary) + "\n" + "\n".join(
         pivot_table(summary, m, label) for m, label in (
@@ -202,40 +248,25 @@ def run(out_dir: Path, overrides: list[str], callback: Callback) -> dict[str, An
             ("abs_log_Z_error", "abs log Z error"), ("min_ess_fraction", "min ESS/N"))))
     if any(c.figures for c in blocks):
         _figures(out_dir, summary, traces)
-    return headline(summary, preset, time.perf_counter() - started, len(rows))
+    out = headline(summary, preset, time.perf_counter() - started, len(rows))
+    n_missing = len(run_tasks) - len(ready)
+    return {**out, "executor": executor.name, "n_failed": len(failed) + n_missing,
+            "n_skipped": len(trained.skipped) + len(done.skipped)}
 
 
-def _run_block(cfg: Config, out_dir: Path, callback: Callback,
-               rows: list[dict[str, Any]], learned_rows: list[dict[str, Any]],
-               traces: dict[tuple, list[float]]) -> None:
-    """All runs of one block, appended to rows / learned_rows / traces (and results.csv)."""
-    for mix, d, a in itertools.product(cfg.mixtures, cfg.dims, cfg.separations):
-        target, key = make_mixture(mix, d, a), {"mixture": mix, "d": d, "a": a}
-        models = _models(cfg, target, key, lambda m: callback("log", message=m), learned_rows,
-                         out_dir)
-        for (name, model), use_mcmc, kernel, seed in itertools.product(
-                models.items(), cfg.mcmc, cfg.kernels, cfg.seeds):
-            if not _valid(name, use_mcmc, kernel):
-                continue
-            row, ess = run_one(target, model, kernel, use_mcmc, seed, cfg)
-            meta = {**key, "model": name, "mcmc": use_mcmc, "kernel": kernel, "seed": seed}
-            rows.append({**meta, **row})
-            _append_csv(out_dir / "results.csv", rows[-1])  # progress survives an interruption
-            traces[tuple(meta.values())] = ess
-            callback("advance", n=1, mode_err=row["mode_weight_error_pp"],
-                     log_Z_err=row["abs_log_Z_error"])
+def _check_names(cfg: Config) -> None:
+    unknown = sorted(set(cfg.kernels) - set(KERNELS))
+    if unknown:
+        raise KeyError(f"unknown kernel(s) {unknown}; valid kernels: {', '.join(KERNELS)}")
+    bad = sorted(set(cfg.models) - {"perfect", "learned-energy", "learned-score"})
+    if bad:
+        raise KeyError(f"unknown model(s) {bad}; valid: perfect, learned-energy, learned-score")
 
 
 def _valid(model: str, use_mcmc: bool, kernel: str) -> bool:
     """The exact kernel needs the perfect model; MCMC needs log-densities."""
     return (kernel != "exact" or model == "perfect") and not (use_mcmc and model ==
                                                                "learned-score")
-
-
-def _n_runs(cfg: Config) -> int:
-    combos = itertools.product(cfg.models, cfg.mcmc, cfg.kernels)
-    n_valid = sum(_valid(*c) for c in combos)
-    return len(cfg.mixtures) * len(cfg.dims) * len(cfg.separations) * n_valid * len(cfg.seeds)
 
 
 GROUP = ("mixture", "d", "a", "model", "mcmc", "kernel")

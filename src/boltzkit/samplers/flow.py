@@ -32,7 +32,7 @@ from boltzkit.models.flow_objectives import (
     summarise_weights,
 )
 from boltzkit.models.flows import ConditionalFlow, FlowArchitecture, dtype_of, make_flow
-from boltzkit.samplers import Callback, SampleResult, null_callback
+from boltzkit.samplers import Callback, SampleResult, distributed, null_callback
 from boltzkit.samplers.run import Run, require_weights
 from boltzkit.targets.base import Target
 
@@ -51,6 +51,9 @@ class Config(FlowArchitecture):
     checkpoint_every: int = 500
     log_every: int = 50
     dtype: Literal["float32", "float64"] = "float32"
+    # >1: the batch as n_shards seeded shards, the same on any number of data-parallel ranks
+    # (boltzkit.samplers.distributed); 1 and one rank: the plain batch
+    n_shards: int = 1
 
 
 # ---- training ----------------------------------------------------------------------------
@@ -66,31 +69,47 @@ def train(
     (`boltzkit.samplers.run`) every `checkpoint_every` steps and at the end; a resumed run
     continues bit for bit.
     Returns the training record: history (step, loss, n_energy), n_nonfinite, stopped_by_budget.
+
+    Data-parallel when torch.distributed is initialised (`boltzkit.samplers.distributed`): each
+    rank computes its shards of the global batch, gradients and losses are summed over ranks,
+    and `budget`, `reserve` and the recorded n_energy are per rank (global / world size).
     """
     if config.objective != "reverse" and data is None:
         raise UsageError(f"objective {config.objective!r} needs samples (data)")
+    w = distributed.world()
+    sharded = config.n_shards > 1 or w.size > 1
+    if sharded:
+        _check_shards(config, w, resume)
+        distributed.broadcast_parameters(flow, w)
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr)
     record: dict[str, Any] = {"history": [], "n_nonfinite": 0, "stopped_by_budget": False}
-    run = Run(target, budget=budget, reserve=reserve, run_dir=run_dir,
+    run = Run(target, budget=None if budget is None else budget // w.size,
+              reserve=reserve // w.size, run_dir=run_dir if w.rank == 0 else None,
               checkpoint_every=config.checkpoint_every, callback=callback)
+    seed = torch.initial_seed()
     step, ckpt = 0, run.load(resume)
     if ckpt is not None:
         flow.load_state_dict(ckpt["flow"])
         opt.load_state_dict(ckpt["opt"])
         step, record = ckpt["step"], ckpt["record"]
     run.start(total=config.n_steps, unit="step", description="flow BG")
-    cost = config.batch_size if config.objective != "forward" else 0
+    cost = config.batch_size // w.size if config.objective != "forward" else 0
     while step < config.n_steps and not run.stop_before(cost):
-        loss = _step_loss(flow, target, config, data, record)
+        if sharded:
+            loss = _sharded_loss(flow, target, config, data, record, seed, step, w)
+        else:
+            loss = _step_loss(flow, target, config, data, record)
         opt.zero_grad()
         loss.backward()
+        distributed.sum_gradients(flow.parameters(), w)
         torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
         opt.step()
         step += 1
+        value = distributed.all_sum(loss.item(), w)
         if step % config.log_every == 0 or step == config.n_steps:
             record["history"].append(
-                {"step": step, "loss": loss.item(), "n_energy": run.spent["n_energy"]})
-        run.advance(1, loss=loss.item())
+                {"step": step, "loss": value, "n_energy": run.spent["n_energy"]})
+        run.advance(1, loss=value)
         if run.due(step):
             run.save(_state(flow, opt, step, record))
     record["n_steps"], record["stopped_by_budget"] = step, run.stopped_by_budget
@@ -100,18 +119,43 @@ def train(
 
 
 def _step_loss(flow: ConditionalFlow, target: Target, config: Config, data: Tensor | None,
-               record: dict[str, Any]) -> Tensor:
-    """The training loss of one step (reverse KL on a fresh batch, forward KL on data)."""
+               record: dict[str, Any], n: int | None = None) -> Tensor:
+    """The training loss of one step (reverse KL on a fresh batch, forward KL on data) on
+    n samples (default the batch size)."""
+    n = config.batch_size if n is None else n
     loss = torch.zeros((), dtype=dtype_of(flow))
     if config.objective in ("reverse", "both"):
-        rkl, n_bad = reverse_kl_loss(flow, target, config.batch_size)
+        rkl, n_bad = reverse_kl_loss(flow, target, n)
         record["n_nonfinite"] += n_bad
         loss = loss + rkl
     if config.objective in ("forward", "both"):
-        idx = torch.randint(len(data), (config.batch_size,))
+        idx = torch.randint(len(data), (n,))
         weight = config.forward_weight if config.objective == "both" else 1.0
         loss = loss + weight * forward_kl_loss(flow, data[idx].to(dtype_of(flow)))
     return loss
+
+
+def _sharded_loss(flow: ConditionalFlow, target: Target, config: Config, data: Tensor | None,
+                  record: dict[str, Any], seed: int, step: int,
+                  w: distributed.World) -> Tensor:
+    """This rank's part (1/S) sum_{s of this rank} l_s of the global loss, shard s drawn under
+    its own seed (the global RNG is restored after each)."""
+    n = config.batch_size // config.n_shards
+    loss = torch.zeros((), dtype=dtype_of(flow))
+    for shard in distributed.shards(config.n_shards, w):
+        with torch.random.fork_rng():
+            torch.manual_seed(distributed.shard_seed(seed, step, shard))
+            loss = loss + _step_loss(flow, target, config, data, record, n) / config.n_shards
+    return loss
+
+
+def _check_shards(config: Config, w: distributed.World, resume: bool) -> None:
+    distributed.shards(config.n_shards, w)
+    if config.batch_size % config.n_shards:
+        raise UsageError(f"batch_size={config.batch_size} must be a multiple of "
+                         f"n_shards={config.n_shards}")
+    if resume and w.size > 1:
+        raise UsageError("resuming a data-parallel run is not supported yet")
 
 
 def _state(flow: ConditionalFlow, opt: torch.optim.Optimizer, step: int,

@@ -1,0 +1,124 @@
+"""Executors: wall time of one amc-gmm sweep serially, on a local process pool and on Ray, and
+the executors' start-up and overhead per task.
+
+1. The sweep `boltzkit experiment amc-gmm --set preset=acceptance --set seeds=0,1,2,3,4 --set
+   n_particles=4000 --set figures=false` (two-modes d = 32, every kernel, 5 seeds: 45
+   independent runs of about 0.6 s each) with `--executor serial`, `local` and `ray` at
+   `--workers` workers, in `--rounds` interleaved rounds (serial, local, ray, serial, ...) so
+   that a change in the load of a shared machine hits all three alike; the minimum and the
+   median of the rounds are shown. One more round at 1 worker gives the scaling. Ray runs on
+   one instance started beforehand: its start-up (`ray.init`) is shown on its own row. Each
+   sweep writes into a fresh directory, so none is skipped.
+2. Start-up and overhead per task: n = 8 and n = 24 tasks that sleep 1 s each on W workers;
+   wall(n) = start-up + (n / W) (1 s + overhead), so overhead = W (wall(24) - wall(8)) / 16 - 1
+   and start-up = wall(8) - 8 (1 + overhead) / W. Sleeping tasks do not compete for the CPU, so
+   these are the executor's own costs even on a loaded machine. The overhead does not grow
+   with the task's length: for 60 s tasks it is the same seconds over 60 s of work.
+
+Prints a markdown table (BENCHMARKS.md, "Executors") with the machine and its load average.
+
+    python benchmarks/executors.py [--workers 2] [--rounds 3] [--skip-ray]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from boltzkit.app import executors
+from boltzkit.experiments import amc_gmm
+
+SWEEP = ["preset=acceptance", "seeds=0,1,2,3,4", "n_particles=4000", "figures=false"]
+
+
+def quiet(event: str, **info: object) -> None:
+    """Ignores every event."""
+
+
+def sleep_task(seconds: float) -> float:
+    """A task that waits `seconds` without using the CPU."""
+    time.sleep(seconds)
+    return seconds
+
+
+def time_sweep(executor: executors.Executor) -> float:
+    """Wall seconds of the amc-gmm sweep on `executor`."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        amc_gmm.run(Path(out), SWEEP, quiet, executor=executor)
+        return time.perf_counter() - start
+
+
+def costs(executor: executors.Executor, workers: int) -> tuple[float, float]:
+    """(start-up s, overhead s per task) from sweeps of 8 and 24 one-second tasks."""
+    walls = []
+    for n in (8, 24):
+        tasks = [executors.Task(f"sleep{i}", sleep_task, {"seconds": 1.0}) for i in range(n)]
+        start = time.perf_counter()
+        executor.map(tasks)
+        walls.append(time.perf_counter() - start)
+    overhead = workers * (walls[1] - walls[0]) / 16 - 1.0
+    return walls[0] - 8 * (1.0 + overhead) / workers, overhead
+
+
+def ray_init(ray: object, n_cpus: int) -> float:
+    start = time.perf_counter()
+    ray.init(num_cpus=n_cpus, include_dashboard=False, log_to_driver=False,  # type: ignore
+             logging_level="ERROR")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-ray", action="store_true")
+    args = parser.parse_args()
+    w = args.workers
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
+    names = ["serial", "local"] + ([] if args.skip_ray else ["ray"])
+    made = {"serial": executors.make("serial"), "local": executors.make("local", w)}
+    rows: list[tuple[str, str, str]] = []
+    if not args.skip_ray:
+        import ray
+
+        made["ray"] = executors.make("ray", w)
+        rows.append(("ray start-up (ray.init)", f"{ray_init(ray, w):.2f}", ""))
+    walls: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.rounds):
+        for name in names:
+            walls[name].append(time_sweep(made[name]))
+            print(name, f"{walls[name][-1]:.2f}", flush=True)
+    serial = min(walls["serial"])
+    for name in names:
+        best, median = min(walls[name]), statistics.median(walls[name])
+        rows.append((f"{name}({w if name != 'serial' else 1})",
+                     f"{best:.2f} / {median:.2f}", f"{best / serial:.2f} / "
+                     f"{median / statistics.median(walls['serial']):.2f}"))
+    for name in names[1:]:
+        start_up, overhead = costs(made[name], w)
+        rows.append((f"{name}: start-up / overhead per task", f"{start_up:.2f} / "
+                     f"{overhead:.3f}", ""))
+    single = time_sweep(executors.make("local", 1))
+    rows.append(("local(1)", f"{single:.2f}", f"{single / serial:.2f}"))
+    if not args.skip_ray:
+        ray.shutdown()
+        ray_init(ray, 1)
+        single = time_sweep(executors.make("ray", 1))
+        rows.append(("ray(1)", f"{single:.2f}", f"{single / serial:.2f}"))
+        ray.shutdown()
+    print(f"load average at end {os.getloadavg()[0]:.1f}\n")
+    print("| executor (workers) | wall (s), min / median | x serial, min / median |\n"
+          "|---|---|---|")
+    for name, seconds, ratio in rows:
+        print(f"| {name} | {seconds} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
