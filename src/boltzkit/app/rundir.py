@@ -305,7 +305,7 @@ def load_reference(path: str | Path, dim: int, n_particles: int | None = None,
 def shared_data_dir() -> Path | None:
     """`../shared/data` next to the project (or $BOLTZKIT_SHARED_DATA), None when absent."""
     candidates = [os.environ.get("BOLTZKIT_SHARED_DATA")]
-    candidates.append(str(Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+    candidates.append(str(Path(__file__).resolve().parents[3].parent / "shared" / "data"))
     candidates.append(str(Path.cwd().parent / "shared" / "data"))
     for c in candidates:
         if c and Path(c).is_dir():
