@@ -94,24 +94,27 @@ def train(
         step, record = ckpt["step"], ckpt["record"]
     run.start(total=config.n_steps, unit="step", description="flow BG")
     cost = config.batch_size // w.size if config.objective != "forward" else 0
-    while step < config.n_steps and not run.stop_before(cost):
-        if sharded:
-            loss = _sharded_loss(flow, target, config, data, record, seed, step, w)
-        else:
-            loss = _step_loss(flow, target, config, data, record)
-        opt.zero_grad()
-        loss.backward()
-        distributed.sum_gradients(flow.parameters(), w)
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
-        opt.step()
-        step += 1
-        value = distributed.all_sum(loss.item(), w)
-        if step % config.log_every == 0 or step == config.n_steps:
-            record["history"].append(
-                {"step": step, "loss": value, "n_energy": run.spent["n_energy"]})
-        run.advance(1, loss=value)
-        if run.due(step):
-            run.save(_state(flow, opt, step, record))
+    with run.deferred_interrupts():
+        while step < config.n_steps and not run.stop_before(cost):
+            if sharded:
+                loss = _sharded_loss(flow, target, config, data, record, seed, step, w)
+            else:
+                loss = _step_loss(flow, target, config, data, record)
+            opt.zero_grad()
+            loss.backward()
+            distributed.sum_gradients(flow.parameters(), w)
+            torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
+            opt.step()
+            step += 1
+            value = distributed.all_sum(loss.item(), w)
+            if step % config.log_every == 0 or step == config.n_steps:
+                record["history"].append(
+                    {"step": step, "loss": value, "n_energy": run.spent["n_energy"]})
+            run.advance(1, loss=value)
+            if run.due(step):
+                run.save(_state(flow, opt, step, record))
+            if run.interrupted is not None:
+                run.stop_for_interrupt(_state(flow, opt, step, record))
     record["n_steps"], record["stopped_by_budget"] = step, run.stopped_by_budget
     run.save(_state(flow, opt, step, record))
     run.end()

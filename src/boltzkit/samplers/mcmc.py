@@ -226,7 +226,7 @@ def sample(
     run.start(total=n_steps - rec.t, unit="step",
               description=f"{sampler_name(config)} on {getattr(target, 'name', 'target')}")
     report_every, reported = max(1, n_steps // 100), rec.t
-    with run.saving_on_interrupt(lambda: _state(pt, state, rec, config)):
+    with run.deferred_interrupts():
         while rec.t < n_steps and not run.stop_before(step_cost):
             state, info = pt.step(state, target)
             pt, state = rec.record(pt, state, info, config, burning=rec.t < n_burn)
@@ -238,6 +238,8 @@ def sample(
                 reported = rec.t
             if run.due(rec.t):
                 run.save(_state(pt, state, rec, config))
+            if run.interrupted is not None:
+                run.stop_for_interrupt(_state(pt, state, rec, config))
     run.save(_state(pt, state, rec, config))
     run.end()
     samples = _select(rec.kept, n_samples)

@@ -35,7 +35,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Callable, Iterator
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,8 @@ class Run:
         self.stopped_by_budget = False
         self._start = target.counter.as_dict()
         self._done, self._total, self._unit = 0, 0, "step"
+        self.interrupted: int | None = None
+        self._caught: dict[int, Any] = {}
 
     # ---- counts and budget ----------------------------------------------------------------
     @property
@@ -204,19 +207,48 @@ class Run:
         return state
 
     @contextlib.contextmanager
-    def saving_on_interrupt(self, state: Callable[[], dict[str, Any]]) -> Iterator[None]:
-        """On Ctrl-C or SIGTERM (any `BaseException` that is not an `Exception`) inside the
-        block: writes the checkpoint `state()` (the loop's current state), logs where the run
-        stopped, and re-raises."""
+    def deferred_interrupts(self) -> Iterator[None]:
+        """Within the block a first Ctrl-C or SIGTERM only sets `interrupted`; the loop calls
+        `stop_for_interrupt` between steps, so the last checkpoint holds a state the run
+        really reached (an interrupt inside an optimiser step would save half an update). A
+        second signal acts at once. Outside the main thread nothing is deferred."""
+        caught: dict[int, Any] = {}
+
+        def defer(signum: int, frame: Any) -> None:
+            if self.interrupted is not None:  # the second one: no more waiting
+                self._reraise(signum, caught)
+            self.interrupted = signum
+
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                caught[signum] = signal.signal(signum, defer)
+        except ValueError:  # not the main thread
+            caught.clear()
+        self._caught = caught
         try:
             yield
-        except Exception:
-            raise
-        except BaseException:
-            if self.checkpoint_path is not None:
-                self.save(state())
-                self.log(f"interrupted after {self.position}: checkpoint written")
-            raise
+        finally:
+            for signum, previous in caught.items():
+                signal.signal(signum, previous)
+
+    def stop_for_interrupt(self, state: dict[str, Any]) -> None:
+        """Called between steps once `interrupted` is set: writes the checkpoint `state`, logs
+        where the run stopped and acts on the signal as it would have (KeyboardInterrupt for
+        Ctrl-C, the previous SIGTERM handler)."""
+        assert self.interrupted is not None
+        if self.checkpoint_path is not None:
+            self.save(state)
+            self.log(f"interrupted after {self.position}: checkpoint written")
+        self._reraise(self.interrupted, self._caught)
+
+    @staticmethod
+    def _reraise(signum: int, caught: dict[int, Any]) -> None:
+        for restored, previous in caught.items():
+            signal.signal(restored, previous)
+        previous = caught.get(signum)
+        if signum == signal.SIGINT or not callable(previous):
+            raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+        previous(signum, None)
 
     # ---- progress events ------------------------------------------------------------------
     @property

@@ -246,21 +246,25 @@ def train(
             ema.values, ema.ess_fraction, ema.started = ckpt["ema"], ckpt["ema_ess"], True
     run.start(total=config.n_steps, unit="step", description=f"TRADE ({config.method})")
     last_cost, t0, clock = 0, time.perf_counter(), time.perf_counter
-    while step < config.n_steps and not run.stop_before(max(last_cost, step_cost(config, step))):
-        before = run.spent["n_energy"]
-        loss = step_loss(flow, family, config, data, ema, step, record)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
-        opt.step()
-        step, last_cost = step + 1, run.spent["n_energy"] - before
-        if step % config.log_every == 0 or step == config.n_steps:
-            record["history"].append({"step": step, "loss": loss.item(),
-                                      "n_energy": run.spent["n_energy"],
-                                      "seconds": clock() - t0})
-        run.advance(1, loss=loss.item())
-        if run.due(step):
-            run.save(_state(flow, opt, ema, step, record))
+    with run.deferred_interrupts():
+        while step < config.n_steps and not run.stop_before(
+                max(last_cost, step_cost(config, step))):
+            before = run.spent["n_energy"]
+            loss = step_loss(flow, family, config, data, ema, step, record)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
+            opt.step()
+            step, last_cost = step + 1, run.spent["n_energy"] - before
+            if step % config.log_every == 0 or step == config.n_steps:
+                record["history"].append({"step": step, "loss": loss.item(),
+                                          "n_energy": run.spent["n_energy"],
+                                          "seconds": clock() - t0})
+            run.advance(1, loss=loss.item())
+            if run.due(step):
+                run.save(_state(flow, opt, ema, step, record))
+            if run.interrupted is not None:
+                run.stop_for_interrupt(_state(flow, opt, ema, step, record))
     record["n_steps"], record["seconds"] = step, record["seconds"] + clock() - t0
     record["stopped_by_budget"] = run.stopped_by_budget
     run.save(_state(flow, opt, ema, step, record))
