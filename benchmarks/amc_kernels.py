@@ -24,7 +24,7 @@ import torch
 from boltzkit.diffusion.kernels import KERNELS
 from boltzkit.diffusion.schedules import PerfectModel, VPSchedule
 from boltzkit.experiments.amc_gmm import Config, run_one
-from boltzkit.targets.gmm import two_modes
+from boltzkit.targets.mixtures import two_modes
 
 
 def bench(d: int, n_particles: int, kernels: list[str], seed: int) -> list[dict[str, object]]:

@@ -20,7 +20,8 @@ from boltzkit.mc.smc import Resampling, smc
 from boltzkit.models.energy_net import EnergyNet, ScoreNet
 from boltzkit.samplers import SampleResult
 from boltzkit.samplers import smc as smc_sampler
-from boltzkit.targets.gmm import GaussianMixture, two_modes
+from boltzkit.targets.gmm import GaussianMixture
+from boltzkit.targets.mixtures import two_modes
 
 VP = VPSchedule()
 

@@ -25,7 +25,8 @@ from boltzkit.diffusion.schedules import PerfectModel, VESchedule, VPSchedule, t
 from boltzkit.mc.paths import DiffusionPath
 from boltzkit.mc.smc import Resampling, smc
 from boltzkit.targets.base import Target
-from boltzkit.targets.gmm import GaussianMixture, two_modes
+from boltzkit.targets.gmm import GaussianMixture
+from boltzkit.targets.mixtures import two_modes
 
 SCHEDULES = [VPSchedule(), VESchedule(sigma_min=0.01, sigma_max=5.0)]
 

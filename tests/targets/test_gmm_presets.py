@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from boltzkit.targets.gmm import (
+from boltzkit.targets.gmm import GaussianMixture
+from boltzkit.targets.mixtures import (
     TRADE_GMM_COVARIANCES,
     TRADE_GMM_MEANS,
-    GaussianMixture,
     gmm40,
     tempered_gmm_2d,
     two_modes,

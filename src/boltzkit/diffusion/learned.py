@@ -18,7 +18,7 @@ Diagnostics per noise level t, on exact samples x ~ p_t of the perfect model:
 
 >>> import torch
 >>> from boltzkit.diffusion.schedules import VPSchedule
->>> from boltzkit.targets.gmm import two_modes
+>>> from boltzkit.targets.mixtures import two_modes
 >>> _ = torch.manual_seed(0)
 >>> cfg = DSMConfig(n_steps=5, hidden=16, n_train=256, batch_size=64)
 >>> model = train_dsm(two_modes(2, 2.0), VPSchedule(), cfg).model

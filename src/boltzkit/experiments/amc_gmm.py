@@ -54,7 +54,8 @@ from boltzkit.evaluate import metrics
 from boltzkit.mc.mcmc import MALA
 from boltzkit.mc.paths import DiffusionPath
 from boltzkit.mc.smc import MCMCMove, Resampling, smc
-from boltzkit.targets.gmm import GaussianMixture, two_modes
+from boltzkit.targets.gmm import GaussianMixture
+from boltzkit.targets.mixtures import two_modes
 
 ALL_KERNELS = tuple(KERNELS)
 

@@ -24,9 +24,9 @@ from boltzkit.targets.base import EvalCounter, Target, remove_com
 
 # name -> "module:factory"; modules are imported on first use so that `boltzkit targets` is fast.
 REGISTRY = Registry("target", {
-    "gmm40": "boltzkit.targets.gmm:gmm40",
-    "two-modes": "boltzkit.targets.gmm:two_modes",
-    "tempered-gmm-2d": "boltzkit.targets.gmm:tempered_gmm_2d",
+    "gmm40": "boltzkit.targets.mixtures:gmm40",
+    "two-modes": "boltzkit.targets.mixtures:two_modes",
+    "tempered-gmm-2d": "boltzkit.targets.mixtures:tempered_gmm_2d",
     "many-well-32": "boltzkit.targets.analytic:many_well_32",
     "funnel-10": "boltzkit.targets.analytic:funnel_10",
     "multi-well-5d": "boltzkit.targets.analytic:multi_well_5d",
