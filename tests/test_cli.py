@@ -278,6 +278,8 @@ def test_demo_compares_pt_and_mala_at_equal_budget(tmp_path, monkeypatch):
         assert (out / name / "samples.npz").exists() and (out / name / "metrics.json").exists()
     table = (out / "table.md").read_text()
     assert "noise floor" in table and "energy W2" in table and "distance TV" in table
+    # the command that ran (here pytest's argv), with what it resolved to; not always make run
+    assert "Command: `make run`" not in table and "--budget 20000" in table
     assert "nan" not in table.lower()
 
 
