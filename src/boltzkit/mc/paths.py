@@ -89,7 +89,8 @@ class Gaussian(Target):
                                                      + 0.5 * math.log(2 * math.pi))
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
-        eps = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
+        eps = torch.randn(n, self.dim, dtype=torch.float64, device=self.device,
+                          generator=generator)
         if self.n_particles is not None:
             eps = remove_com(eps, self.n_particles, self.spatial_dim)
         return self.mean + self.scale * eps
