@@ -47,6 +47,11 @@ class Path:
         """lam `[R]` -> log g_lam(x) `[R, N]` for particles x `[R, N, d]`."""
         return lambda lam: self.level(lam).log_prob(x)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the path's particles live: the target's device (`Target.to`)."""
+        return self.target.device
+
     def counts(self) -> dict[str, int]:
         """Cumulative evaluation counts: target energies and gradients (configurations)."""
         return {"n_target": self.target.counter.n_energy,
@@ -101,7 +106,8 @@ class Gaussian(Target):
 
 def _broadcast(lam: Tensor, lp: Tensor) -> Tensor:
     """lam `[R]` (or a scalar) shaped to broadcast against log-densities `[R, ...]`."""
-    lam = lam.to(lp.dtype) if isinstance(lam, Tensor) else torch.tensor(lam, dtype=lp.dtype)
+    lam = (lam.to(lp.dtype) if isinstance(lam, Tensor)
+           else torch.tensor(lam, dtype=lp.dtype, device=lp.device))
     return lam.reshape(lam.shape + (1,) * (lp.ndim - lam.ndim))
 
 
@@ -213,7 +219,7 @@ class DiffusionPath(Path):
     """
 
     def __init__(self, model: Any, target: Target, times: Tensor) -> None:
-        times = torch.as_tensor(times, dtype=torch.float64)
+        times = torch.as_tensor(times, dtype=torch.float64, device="cpu")  # read on the host
         t_max = model.schedule.t_max
         if times.ndim != 1 or len(times) < 2 or float(times[0]) != t_max or float(times[-1]):
             raise ValueError(f"times must run from t_max = {t_max} down to 0, got {times}")
@@ -246,4 +252,6 @@ class DiffusionPath(Path):
 
 
 def _all_equal(lam: Tensor | float, value: float) -> bool:
-    return bool((torch.as_tensor(lam) == value).all())
+    if not isinstance(lam, Tensor):
+        return lam == value
+    return bool((lam == value).all())

@@ -318,7 +318,7 @@ class _Record:
         if (isinstance(config, PTConfig) and config.adapt_ladder and pt.n_temps > 2
                 and (self.t + 1) % config.ladder_every == 0):
             rates = [s / max(n, 1) for s, n in zip(self.window_sum, self.window_n, strict=True)]
-            pt, state = pt.adapted_ladder(state, torch.tensor(rates))
+            pt, state = pt.adapted_ladder(state, torch.tensor(rates, device="cpu"))
             self.window_sum = [0.0] * (self.n_temps - 1)
             self.window_n = [0.0] * (self.n_temps - 1)
         return pt, state
