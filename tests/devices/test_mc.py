@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 import torch
+from tests.devices.guard import assert_on, strict
 from torch import Tensor
 
 from boltzkit.mc import estimators, mcmc, paths, resampling, smc, tempering
 from boltzkit.targets import get
 from boltzkit.targets.base import Target
-from tests.devices.conftest import assert_on, strict
 
 KERNELS = [mcmc.RWMH(step_size=0.3), mcmc.MALA(step_size=0.3),
            mcmc.HMC(step_size=0.2, n_leapfrog=3)]

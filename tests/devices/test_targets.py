@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.devices.guard import assert_on, strict, tensors_in
 
 from boltzkit import targets
 from boltzkit.targets.base import Target
-from tests.devices.conftest import assert_on, strict, tensors_in
 
 # aldp and aldp-fab (OpenMM contexts, CPU-only, slow to build) are checked in tests/targets.
 NAMES = [n for n in targets.names() if not n.startswith("aldp")]

@@ -70,16 +70,19 @@ class Gaussian(Target):
     exact_sampler = True
 
     def __init__(self, dim: int, mean: float | Tensor = 0.0, scale: float = 1.0, *,
-                 n_particles: int | None = None, spatial_dim: int | None = None) -> None:
+                 n_particles: int | None = None, spatial_dim: int | None = None,
+                 device: str | torch.device = "cpu") -> None:
         super().__init__(dim)
         self.name = "gaussian"
-        self.mean = torch.as_tensor(mean, dtype=torch.float64)
+        self.device = torch.device(device)
+        f64 = {"dtype": torch.float64, "device": self.device}
+        self.mean = torch.as_tensor(mean, **f64)
         self.scale = float(scale)
         if n_particles is not None:
             if spatial_dim is None or n_particles * spatial_dim != dim:
                 raise ValueError("a particle Gaussian needs n_particles * spatial_dim == dim")
             self.n_particles, self.spatial_dim = n_particles, spatial_dim
-            self.mean = torch.zeros((), dtype=torch.float64)
+            self.mean = torch.zeros((), **f64)
 
     @property
     def n_dof(self) -> int:

@@ -31,7 +31,13 @@ from boltzkit.models.flow_objectives import (
     reweight,
     summarise_weights,
 )
-from boltzkit.models.flows import ConditionalFlow, FlowArchitecture, dtype_of, make_flow
+from boltzkit.models.flows import (
+    ConditionalFlow,
+    FlowArchitecture,
+    device_of,
+    dtype_of,
+    make_flow,
+)
 from boltzkit.samplers import Callback, SampleResult, null_callback
 from boltzkit.samplers.run import Run, require_weights
 from boltzkit.targets.base import Target
@@ -51,6 +57,7 @@ class Config(FlowArchitecture):
     checkpoint_every: int = 500
     log_every: int = 50
     dtype: Literal["float32", "float64"] = "float32"
+    device: str = "cpu"  # where the flow lives; the target must be there (`Target.to`)
 
 
 # ---- training ----------------------------------------------------------------------------
@@ -102,13 +109,13 @@ def train(
 def _step_loss(flow: ConditionalFlow, target: Target, config: Config, data: Tensor | None,
                record: dict[str, Any]) -> Tensor:
     """The training loss of one step (reverse KL on a fresh batch, forward KL on data)."""
-    loss = torch.zeros((), dtype=dtype_of(flow))
+    loss = torch.zeros((), dtype=dtype_of(flow), device=device_of(flow))
     if config.objective in ("reverse", "both"):
         rkl, n_bad = reverse_kl_loss(flow, target, config.batch_size)
         record["n_nonfinite"] += n_bad
         loss = loss + rkl
     if config.objective in ("forward", "both"):
-        idx = torch.randint(len(data), (config.batch_size,))
+        idx = torch.randint(len(data), (config.batch_size,), device=data.device)
         weight = config.forward_weight if config.objective == "both" else 1.0
         loss = loss + weight * forward_kl_loss(flow, data[idx].to(dtype_of(flow)))
     return loss
@@ -134,8 +141,9 @@ def sample(
         if not target.has_exact_samples:
             raise UsageError(f"objective {config.objective!r} needs exact samples, which "
                              f"{target.name!r} lacks; call `train` with data instead")
-        data = target.sample(config.n_data).to(dtype)
-    flow = make_flow(config.flow_config(target.dim, conditional=False), data).to(dtype)
+        data = target.sample(config.n_data).to(dtype=dtype, device=config.device)
+    with torch.device(config.device):  # parameters initialised where they will live
+        flow = make_flow(config.flow_config(target.dim, conditional=False), data).to(dtype)
     whole = Run(target, budget=budget)  # counts of training and weighting together
     record = train(flow, target, config, data, budget=budget, reserve=n_samples,
                    callback=callback, run_dir=run_dir, resume=resume)
