@@ -175,8 +175,9 @@ class ConditionalFlow(nn.Module):
 
     def standardise(self, loc: Tensor, scale: Tensor) -> None:
         """Sets the fixed input standardisation x -> (x - loc) / scale."""
-        self.loc.copy_(torch.as_tensor(loc).expand(self.config.dim))
-        self.scale.copy_(torch.as_tensor(scale).expand(self.config.dim))
+        like = {"dtype": self.loc.dtype, "device": self.loc.device}
+        self.loc.copy_(torch.as_tensor(loc, **like).expand(self.config.dim))
+        self.scale.copy_(torch.as_tensor(scale, **like).expand(self.config.dim))
 
     # ---- base --------------------------------------------------------------------------
     def _base_log_prob(self, z: Tensor, c: Tensor) -> Tensor:
