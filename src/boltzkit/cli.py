@@ -254,8 +254,12 @@ def sample_command(
     dry_run: Annotated[bool, typer.Option(
         help="Print the resolved target, preset and config, and exit without running.")
     ] = False,
+    device: Annotated[str | None, typer.Option(
+        help="cpu, cuda or cuda:N: where the target and the sampler work (--set device=...).")
+    ] = None,
 ) -> None:
     """Sample TARGET with a sampler at a budget of energy evaluations; write a run directory."""
+    set_ = with_device(device, set_)
     if resume is None and (target is None or sampler is None or budget is None):
         missing = [n for n, v in (("TARGET", target), ("--sampler", sampler),
                                   ("--budget", budget)) if v is None]
@@ -292,6 +296,18 @@ def sample_command(
                   + (f" ({outcome.reference.path})" if outcome.reference.path else ""))
     print_warnings(record.get("warnings") or [])
     console.print(f"run directory: [bold]{outcome.run_dir}[/] (summary.md)")
+
+
+def with_device(device: str | None, sets: list[str] | None) -> list[str] | None:
+    """`--set` assignments with `device=DEVICE` appended; exit 2 naming the devices this machine
+    has when it lacks DEVICE."""
+    if device is None:
+        return sets
+    try:
+        runner.check_device(device)
+    except UsageError as err:
+        raise fail(f"--device: {err}") from None
+    return [*(sets or []), f"device={device}"]
 
 
 def print_warnings(warnings: list[str]) -> None:
