@@ -371,7 +371,7 @@ def _select(kept: dict[int, Tensor], n_samples: int) -> Tensor:
         raise RuntimeError("no post-burn-in step was taken: raise the budget or lower burn_in")
     x = torch.cat([kept[t] for t in sorted(kept)])  # time-major
     if x.shape[0] > n_samples:
-        x = x[torch.linspace(0, x.shape[0] - 1, n_samples).round().long()]
+        x = x[torch.linspace(0, x.shape[0] - 1, n_samples, device=x.device).round().long()]
     return x.detach()
 
 
