@@ -411,8 +411,11 @@ def reference_command(
     seed: Annotated[int, typer.Option(help="Seed (recorded).")] = 0,
     refresh: Annotated[bool, typer.Option(help="Regenerate even if cached.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    device: Annotated[str | None, typer.Option(
+        help="cpu, cuda or cuda:N: where parallel tempering runs (--set device=...).")] = None,
 ) -> None:
     """Generate (or find in the cache) a reference sample set by parallel tempering."""
+    set_ = with_device(device, set_)
     from boltzkit.app import reference as project_reference
 
     if n is not None and n < 1:

@@ -1,5 +1,6 @@
-"""`boltzkit sample --device`: the sampler's config and the target follow it end to end; a device
-this machine lacks is a one-line usage error (exit 2) naming the devices it has."""
+"""`boltzkit sample --device` (and `reference --device`): the sampler's config and the target
+follow it end to end; a device this machine lacks is a one-line usage error (exit 2) naming the
+devices it has."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ def test_a_missing_device_is_a_usage_error(device: str) -> None:
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "available: cpu" in lines[0] and repr(device) in lines[0], lines
     assert "Traceback" not in res.output
+
+
+def test_reference_refuses_a_missing_device() -> None:
+    res = invoke("reference", "dw4", "--n-samples", "10", "--device", "tpu")
+    assert res.exit_code == 2 and "available: cpu" in res.output, res.output
 
 
 def test_check_device_names_the_devices() -> None:
