@@ -5,7 +5,8 @@ not. On CPU inputs it sets the default device to `meta`: a factory call without 
 returns a meta tensor, and any op mixing it with a CPU tensor raises ("Tensor on device meta is
 not on the expected device cpu"), or the module's output ends up on meta, which `assert_on`
 catches. On CUDA inputs the default device stays CPU, so the same forgotten `device=` mixes CPU
-and CUDA tensors and raises. CI has no GPU: there only "cpu" runs.
+and CUDA tensors and raises (torch lets 0-dim CPU tensors through there, so the CPU run under
+meta is the stricter check). CI has no GPU: there only "cpu" runs.
 """
 
 from __future__ import annotations
