@@ -260,8 +260,12 @@ def sample_command(
     dry_run: Annotated[bool, typer.Option(
         help="Print the resolved target, preset and config, and exit without running.")
     ] = False,
+    device: Annotated[str | None, typer.Option(
+        help="cpu, cuda or cuda:N: where the target and the sampler work (--set device=...).")
+    ] = None,
 ) -> None:
     """Sample TARGET with a sampler at a budget of energy evaluations; write a run directory."""
+    set_ = with_device(device, set_)
     if resume is None and (target is None or sampler is None or budget is None):
         missing = [n for n, v in (("TARGET", target), ("--sampler", sampler),
                                   ("--budget", budget)) if v is None]
@@ -300,6 +304,18 @@ def sample_command(
                   + (f" ({outcome.reference.path})" if outcome.reference.path else ""))
     print_warnings(record.get("warnings") or [])
     console.print(f"run directory: [bold]{outcome.run_dir}[/] (summary.md)")
+
+
+def with_device(device: str | None, sets: list[str] | None) -> list[str] | None:
+    """`--set` assignments with `device=DEVICE` appended; exit 2 naming the devices this machine
+    has when it lacks DEVICE."""
+    if device is None:
+        return sets
+    try:
+        runner.check_device(device)
+    except UsageError as err:
+        raise fail(f"--device: {err}") from None
+    return [*(sets or []), f"device={device}"]
 
 
 def print_warnings(warnings: list[str]) -> None:
@@ -406,8 +422,11 @@ def reference_command(
     seed: Annotated[int, typer.Option(help="Seed (recorded).")] = 0,
     refresh: Annotated[bool, typer.Option(help="Regenerate even if cached.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    device: Annotated[str | None, typer.Option(
+        help="cpu, cuda or cuda:N: where parallel tempering runs (--set device=...).")] = None,
 ) -> None:
     """Generate (or find in the cache) a reference sample set by parallel tempering."""
+    set_ = with_device(device, set_)
     from boltzkit.app import reference as project_reference
 
     if n is not None and n < 1:

@@ -172,7 +172,9 @@ def _generate(target: Target, n_samples: int, config: PTConfig, seed: int,
     started = time.perf_counter()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        result = sample(target, config, n_samples=n_samples, budget=None, callback=callback)
+        on_device = target if target.device == torch.device(config.device) else target.to(
+            config.device)
+        result = sample(on_device, config, n_samples=n_samples, budget=None, callback=callback)
     d = result.diagnostics
     metadata = {
         "method": "parallel tempering (boltzkit.mc.tempering), T = 1 replicas after burn-in",
@@ -189,7 +191,7 @@ def _generate(target: Target, n_samples: int, config: PTConfig, seed: int,
         "boltzkit_version": boltzkit.__version__,
         "torch_version": torch.__version__,
     }
-    return result.samples.to(torch.float64), metadata
+    return result.samples.to(dtype=torch.float64, device="cpu"), metadata  # kept on the host
 
 
 def _checks(target: Target, samples: Tensor) -> dict[str, Any]:

@@ -149,6 +149,37 @@ def resolve_reference(target: Target, target_name: str, *, path: str | Path | No
     return Reference(None, "none", None)
 
 
+# ---- devices ------------------------------------------------------------------------------
+def available_devices() -> list[str]:
+    """The devices this machine offers: cpu, and cuda, cuda:0, ... where CUDA is present."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(n)] if n else [])
+
+
+def check_device(device: str) -> str:
+    """`device` if this machine has it (cpu, cuda, cuda:N), else a `UsageError` naming those it
+    has."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if dev is not None and (dev.type == "cpu" or (dev.type == "cuda" and n_cuda
+                                                  and (dev.index or 0) < n_cuda)):
+        return device
+    raise UsageError(f"device {device!r} is not available here; available: "
+                     f"{', '.join(available_devices())}")
+
+
+def on_config_device(target: Target, config: Any) -> Target:
+    """The target moved to the sampler config's `device` (unchanged for configs without one)."""
+    device = getattr(config, "device", None)
+    if device is None:
+        return target
+    check_device(device)
+    return target if target.device == torch.device(device) else target.to(device)
+
+
 # ---- running ------------------------------------------------------------------------------
 def run_sampler(
     *,
@@ -206,6 +237,7 @@ def execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
              record: Mapping[str, Any], reference: Reference, *, callback: Callback,
              log: Callable[[str], None] | None, resume: bool, figures: bool) -> RunOutcome:
     seed_everything(int(record["seed"]))
+    target = on_config_device(target, config)
     start = time.perf_counter()
     try:
         result = module.sample(target, config, n_samples=int(record["n_samples"]),

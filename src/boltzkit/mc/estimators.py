@@ -46,7 +46,7 @@ class Estimate(NamedTuple):
 
 # ---- input handling ----------------------------------------------------------------------------
 def _as_f64(log_w: Tensor, name: str) -> Tensor:
-    t = torch.as_tensor(log_w)
+    t = log_w if isinstance(log_w, Tensor) else torch.as_tensor(log_w, device="cpu")
     t = t.to(dtype=torch.float64)
     if t.ndim == 0 or t.shape[-1] == 0:
         raise ValueError(f"{name} must have shape [..., N] with N >= 1, got {tuple(t.shape)}")
@@ -274,7 +274,7 @@ def snis(log_w: Tensor, values: Tensor) -> Estimate:
         `Estimate(mean, se)`, each of shape `[..., *event]` (floats when that shape is empty).
     """
     lw = _prepare(log_w)
-    f = torch.as_tensor(values).to(dtype=torch.float64, device=lw.device)
+    f = torch.as_tensor(values, device=lw.device).to(dtype=torch.float64)
     if f.shape[: lw.ndim] != lw.shape:
         raise ValueError(f"values {tuple(f.shape)} must start with log_w's shape {tuple(lw.shape)}")
     empty = torch.isneginf(torch.logsumexp(lw, dim=-1))
@@ -316,11 +316,13 @@ def batch_mean_abs_error(estimates: Tensor, truth: float) -> Estimate:
         estimates: one estimate per batch, `[..., B]` (e.g. `log_Z(split_batches(log_w, n))`).
         truth: the exact value.
     """
-    err = (torch.as_tensor(estimates).to(torch.float64) - truth).abs()
+    est = estimates if isinstance(estimates, Tensor) else torch.as_tensor(estimates, device="cpu")
+    err = (est.to(torch.float64) - truth).abs()
     b = err.shape[-1]
     if b < 1:
         raise ValueError("need at least one batch")
-    se = err.std(dim=-1) / math.sqrt(b) if b > 1 else torch.full(err.shape[:-1], math.inf)
+    se = err.std(dim=-1) / math.sqrt(b) if b > 1 else torch.full(err.shape[:-1], math.inf,
+                                                                    device=err.device)
     return Estimate(_out(err.mean(dim=-1)), _out(se))
 
 
@@ -329,7 +331,7 @@ def _restricted_elbo(lw: Tensor) -> Tensor:
     positive = ~torch.isneginf(lw)
     n_pos = int(positive.sum())
     if n_pos == 0:
-        return torch.tensor(_NEG_INF, dtype=lw.dtype)
+        return torch.tensor(_NEG_INF, dtype=lw.dtype, device=lw.device)
     return lw[positive].mean() + math.log(n_pos / lw.shape[-1])
 
 

@@ -47,6 +47,11 @@ class Path:
         """lam `[R]` -> log g_lam(x) `[R, N]` for particles x `[R, N, d]`."""
         return lambda lam: self.level(lam).log_prob(x)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the path's particles live: the target's device (`Target.to`)."""
+        return self.target.device
+
     def counts(self) -> dict[str, int]:
         """Cumulative evaluation counts: target energies and gradients (configurations)."""
         return {"n_target": self.target.counter.n_energy,
@@ -65,16 +70,19 @@ class Gaussian(Target):
     exact_sampler = True
 
     def __init__(self, dim: int, mean: float | Tensor = 0.0, scale: float = 1.0, *,
-                 n_particles: int | None = None, spatial_dim: int | None = None) -> None:
+                 n_particles: int | None = None, spatial_dim: int | None = None,
+                 device: str | torch.device = "cpu") -> None:
         super().__init__(dim)
         self.name = "gaussian"
-        self.mean = torch.as_tensor(mean, dtype=torch.float64)
+        self.device = torch.device(device)
+        f64 = {"dtype": torch.float64, "device": self.device}
+        self.mean = torch.as_tensor(mean, **f64)
         self.scale = float(scale)
         if n_particles is not None:
             if spatial_dim is None or n_particles * spatial_dim != dim:
                 raise ValueError("a particle Gaussian needs n_particles * spatial_dim == dim")
             self.n_particles, self.spatial_dim = n_particles, spatial_dim
-            self.mean = torch.zeros((), dtype=torch.float64)
+            self.mean = torch.zeros((), **f64)
 
     @property
     def n_dof(self) -> int:
@@ -89,7 +97,8 @@ class Gaussian(Target):
                                                      + 0.5 * math.log(2 * math.pi))
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
-        eps = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
+        eps = torch.randn(n, self.dim, dtype=torch.float64, device=self.device,
+                          generator=generator)
         if self.n_particles is not None:
             eps = remove_com(eps, self.n_particles, self.spatial_dim)
         return self.mean + self.scale * eps
@@ -100,7 +109,8 @@ class Gaussian(Target):
 
 def _broadcast(lam: Tensor, lp: Tensor) -> Tensor:
     """lam `[R]` (or a scalar) shaped to broadcast against log-densities `[R, ...]`."""
-    lam = lam.to(lp.dtype) if isinstance(lam, Tensor) else torch.tensor(lam, dtype=lp.dtype)
+    lam = (lam.to(lp.dtype) if isinstance(lam, Tensor)
+           else torch.tensor(lam, dtype=lp.dtype, device=lp.device))
     return lam.reshape(lam.shape + (1,) * (lp.ndim - lam.ndim))
 
 
@@ -212,7 +222,7 @@ class DiffusionPath(Path):
     """
 
     def __init__(self, model: Any, target: Target, times: Tensor) -> None:
-        times = torch.as_tensor(times, dtype=torch.float64)
+        times = torch.as_tensor(times, dtype=torch.float64, device="cpu")  # read on the host
         t_max = model.schedule.t_max
         if times.ndim != 1 or len(times) < 2 or float(times[0]) != t_max or float(times[-1]):
             raise ValueError(f"times must run from t_max = {t_max} down to 0, got {times}")
@@ -245,4 +255,6 @@ class DiffusionPath(Path):
 
 
 def _all_equal(lam: Tensor | float, value: float) -> bool:
-    return bool((torch.as_tensor(lam) == value).all())
+    if not isinstance(lam, Tensor):
+        return lam == value
+    return bool((lam == value).all())

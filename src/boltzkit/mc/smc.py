@@ -260,7 +260,8 @@ def smc(
         if callback is not None:
             callback("advance", n=1, lam=float(state.lam.min()), ess_fraction=float(ess.min()) / n)
     diag = SMCDiagnostics(**{name: torch.stack(v) for name, v in records.items()},
-                          counts={key: torch.tensor(v) for key, v in counts.items()},
+                          counts={key: torch.tensor(v, device=state.x.device)
+                                  for key, v in counts.items()},
                           stopped_by_budget=stopped)
     result = SMCResult(state.x, state.log_W, state.log_Z, diag)
     return result if n_replicas is not None else _drop_replica_dim(result)
@@ -303,7 +304,7 @@ def _setup(path: Path, schedule: Tensor | AdaptiveSchedule | None, proposal: Any
 
 def _init(path: Path, n_rep: int, n: int) -> tuple[SMCState, Any]:
     """Exact samples of level 0, equal weights, log Z = level 0's (0 when unknown)."""
-    level = path.level(torch.zeros(n_rep, dtype=torch.float64))
+    level = path.level(torch.zeros(n_rep, dtype=torch.float64, device=path.device))
     x = level.sample(n_rep * n).reshape(n_rep, n, -1)
     f64 = {"dtype": torch.float64, "device": x.device}
     state = SMCState(x, torch.full((n_rep, n), -math.log(n), **f64), _log_prob(level, x),
@@ -436,7 +437,7 @@ def _check_telescoping(level: Any, resampling: Resampling, mcmc: MCMCMove | None
 
 
 def _check_grid(grid: Tensor) -> Tensor:
-    grid = torch.as_tensor(grid, dtype=torch.float64)
+    grid = torch.as_tensor(grid, dtype=torch.float64, device="cpu")  # read level by level
     if grid.ndim != 1 or len(grid) < 2 or float(grid[0]) != 0 or float(grid[-1]) != 1:
         raise ValueError(f"a fixed schedule must run from 0 to 1, got {grid}")
     if not bool((grid.diff() > 0).all()):

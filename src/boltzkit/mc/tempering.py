@@ -148,12 +148,14 @@ class ParallelTempering:
         """
         if self.n_temps < 3:
             return self, state
-        log_t = torch.log(torch.tensor(self.temperatures, dtype=torch.float64))
+        # The ladder is a tuple of floats: computed on the host whatever the chains' device.
+        cpu64 = {"dtype": torch.float64, "device": "cpu"}
+        log_t = torch.log(torch.tensor(self.temperatures, **cpu64))
         gaps = torch.diff(log_t)
         rates = swap_rates.detach().to(torch.float64).cpu()
         gaps = gaps * torch.exp(rate * (rates - rates.mean()))
         gaps = gaps * (log_t[-1] / gaps.sum())
-        temps = torch.exp(torch.cat([torch.zeros(1, dtype=torch.float64), gaps.cumsum(0)]))
+        temps = torch.exp(torch.cat([torch.zeros(1, **cpu64), gaps.cumsum(0)]))
         temps[-1] = self.temperatures[-1]
         new = dataclasses.replace(self, temperatures=tuple(temps.tolist()))
         return new, PTState(_retemper(state.chains, self, new), state.n_steps)

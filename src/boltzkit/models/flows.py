@@ -175,8 +175,9 @@ class ConditionalFlow(nn.Module):
 
     def standardise(self, loc: Tensor, scale: Tensor) -> None:
         """Sets the fixed input standardisation x -> (x - loc) / scale."""
-        self.loc.copy_(torch.as_tensor(loc).expand(self.config.dim))
-        self.scale.copy_(torch.as_tensor(scale).expand(self.config.dim))
+        like = {"dtype": self.loc.dtype, "device": self.loc.device}
+        self.loc.copy_(torch.as_tensor(loc, **like).expand(self.config.dim))
+        self.scale.copy_(torch.as_tensor(scale, **like).expand(self.config.dim))
 
     # ---- base --------------------------------------------------------------------------
     def _base_log_prob(self, z: Tensor, c: Tensor) -> Tensor:
@@ -233,6 +234,11 @@ def make_flow(config: FlowConfig, data: Tensor | None = None) -> ConditionalFlow
 def dtype_of(module: nn.Module) -> torch.dtype:
     """The floating dtype of a model's parameters (float32 for a parameter-free module)."""
     return next((p.dtype for p in module.parameters()), torch.float32)
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (CPU for a module without parameters)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 def n_parameters(module: nn.Module) -> int:

@@ -31,7 +31,13 @@ from boltzkit.models.flow_objectives import (
     reweight,
     summarise_weights,
 )
-from boltzkit.models.flows import ConditionalFlow, FlowArchitecture, dtype_of, make_flow
+from boltzkit.models.flows import (
+    ConditionalFlow,
+    FlowArchitecture,
+    device_of,
+    dtype_of,
+    make_flow,
+)
 from boltzkit.samplers import Callback, SampleResult, distributed, null_callback
 from boltzkit.samplers.run import Run, require_weights
 from boltzkit.targets.base import Target
@@ -54,6 +60,7 @@ class Config(FlowArchitecture):
     # >1: the batch as n_shards seeded shards, the same on any number of data-parallel ranks
     # (boltzkit.samplers.distributed); 1 and one rank: the plain batch
     n_shards: int = 1
+    device: str = "cpu"  # where the flow lives; the target must be there (`Target.to`)
 
 
 # ---- training ----------------------------------------------------------------------------
@@ -126,13 +133,13 @@ def _step_loss(flow: ConditionalFlow, target: Target, config: Config, data: Tens
     """The training loss of one step (reverse KL on a fresh batch, forward KL on data) on
     n samples (default the batch size)."""
     n = config.batch_size if n is None else n
-    loss = torch.zeros((), dtype=dtype_of(flow))
+    loss = torch.zeros((), dtype=dtype_of(flow), device=device_of(flow))
     if config.objective in ("reverse", "both"):
         rkl, n_bad = reverse_kl_loss(flow, target, n)
         record["n_nonfinite"] += n_bad
         loss = loss + rkl
     if config.objective in ("forward", "both"):
-        idx = torch.randint(len(data), (n,))
+        idx = torch.randint(len(data), (n,), device=data.device)
         weight = config.forward_weight if config.objective == "both" else 1.0
         loss = loss + weight * forward_kl_loss(flow, data[idx].to(dtype_of(flow)))
     return loss
@@ -144,7 +151,7 @@ def _sharded_loss(flow: ConditionalFlow, target: Target, config: Config, data: T
     """This rank's part (1/S) sum_{s of this rank} l_s of the global loss, shard s drawn under
     its own seed (the global RNG is restored after each)."""
     n = config.batch_size // config.n_shards
-    loss = torch.zeros((), dtype=dtype_of(flow))
+    loss = torch.zeros((), dtype=dtype_of(flow), device=device_of(flow))
     for shard in distributed.shards(config.n_shards, w):
         with torch.random.fork_rng():
             torch.manual_seed(distributed.shard_seed(seed, step, shard))
@@ -181,8 +188,9 @@ def sample(
         if not target.has_exact_samples:
             raise UsageError(f"objective {config.objective!r} needs exact samples, which "
                              f"{target.name!r} lacks; call `train` with data instead")
-        data = target.sample(config.n_data).to(dtype)
-    flow = make_flow(config.flow_config(target.dim, conditional=False), data).to(dtype)
+        data = target.sample(config.n_data).to(dtype=dtype, device=config.device)
+    with torch.device(config.device):  # parameters initialised where they will live
+        flow = make_flow(config.flow_config(target.dim, conditional=False), data).to(dtype)
     whole = Run(target, budget=budget)  # counts of training and weighting together
     record = train(flow, target, config, data, budget=budget, reserve=n_samples,
                    callback=callback, run_dir=run_dir, resume=resume)

@@ -320,7 +320,7 @@ class _Record:
         if (isinstance(config, PTConfig) and config.adapt_ladder and pt.n_temps > 2
                 and (self.t + 1) % config.ladder_every == 0):
             rates = [s / max(n, 1) for s, n in zip(self.window_sum, self.window_n, strict=True)]
-            pt, state = pt.adapted_ladder(state, torch.tensor(rates))
+            pt, state = pt.adapted_ladder(state, torch.tensor(rates, device="cpu"))
             self.window_sum = [0.0] * (self.n_temps - 1)
             self.window_n = [0.0] * (self.n_temps - 1)
         return pt, state
@@ -373,7 +373,7 @@ def _select(kept: dict[int, Tensor], n_samples: int) -> Tensor:
         raise RuntimeError("no post-burn-in step was taken: raise the budget or lower burn_in")
     x = torch.cat([kept[t] for t in sorted(kept)])  # time-major
     if x.shape[0] > n_samples:
-        x = x[torch.linspace(0, x.shape[0] - 1, n_samples).round().long()]
+        x = x[torch.linspace(0, x.shape[0] - 1, n_samples, device=x.device).round().long()]
     return x.detach()
 
 

@@ -68,6 +68,7 @@ class Config:
     target_accept: float | None = None
     reference_scale: float = 1.0
     max_levels: int = 1000
+    device: str = "cpu"  # where the particles live; the target must be there (`Target.to`)
 
     def __post_init__(self) -> None:
         if self.resampler not in RESAMPLERS:
@@ -172,7 +173,8 @@ def _run_batches(target: Any, config: Config, n: int, budget: int | None,
                  spend: _Spend) -> list[SMCResult]:
     """Batches of n_replicas SMC runs while the budget pays for another like the first."""
     reference = Gaussian(target.dim, scale=config.reference_scale,
-                         n_particles=target.n_particles, spatial_dim=target.spatial_dim)
+                         n_particles=target.n_particles, spatial_dim=target.spatial_dim,
+                         device=config.device)
     path = GeometricPath(reference, target)
     kernel = kernel_from_name(config.kernel, step_size=config.step_size)
     mcmc = MCMCMove(kernel, config.n_mcmc_steps, target_accept=config.target_accept)
@@ -241,8 +243,9 @@ def _output(pool: _Pool, n_samples: int) -> tuple[Tensor, Tensor | None]:
     x = pool.x.reshape(n_rep * n, dim).detach()
     if n_rep * n == n_samples:
         return x, log_w
-    u = (torch.arange(n_samples, dtype=torch.float64) + torch.rand(())) / n_samples
-    idx = inverse_cdf(log_w[None], u[None].to(log_w.device))[0]
+    f64 = {"dtype": torch.float64, "device": log_w.device}
+    u = (torch.arange(n_samples, **f64) + torch.rand((), **f64)) / n_samples
+    idx = inverse_cdf(log_w[None], u[None])[0]
     return x[idx[torch.randperm(n_samples, device=idx.device)]], None
 
 

@@ -43,9 +43,9 @@ class Quartic1D:
         # All critical points lie within the Cauchy bound of c1 + 2 c2 x - 4 c4 x^3; beyond it
         # g decreases, so grow R until g(+-R) falls _TAIL below the maximum.
         radius = 1.0 + max(abs(self.c1), 2 * abs(self.c2)) / (4 * self.c4)
-        grid = torch.linspace(-radius, radius, 20_001, dtype=torch.float64)
+        grid = torch.linspace(-radius, radius, 20_001, dtype=torch.float64, device="cpu")
         top = self.log_density(grid).max()
-        ends = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+        ends = torch.tensor([-1.0, 1.0], dtype=torch.float64, device="cpu")
         while bool((self.log_density(radius * ends) > top - _TAIL).any()):
             radius *= 1.25
         return radius
@@ -56,9 +56,11 @@ class Quartic1D:
         step = _STEP * min(1.0, math.sqrt(self.temperature))
         return log_integral(self.log_density, [-r], [r], [step])
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n exact draws `[n]` (float64)."""
-        edges = torch.arange(-self.radius, self.radius + _STEP, _STEP, dtype=torch.float64)
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               device: str | torch.device = "cpu") -> Tensor:
+        """n exact draws `[n]` (float64, on `device`: the generator's, if one is given)."""
+        f64 = {"dtype": torch.float64, "device": device}
+        edges = torch.arange(-self.radius, self.radius + _STEP, _STEP, **f64)
         lo, hi = edges[:-1], edges[1:]
         g_lo, g_hi = self.log_density(lo), self.log_density(hi)
         curvature = 2 * abs(self.c2) + 12 * self.c4 * torch.maximum(lo**2, hi**2)
@@ -70,13 +72,13 @@ class Quartic1D:
         remaining = n
         while remaining > 0:
             m = int(1.1 * remaining) + 16
-            u = torch.rand(3, m, dtype=torch.float64, generator=generator)
+            u = torch.rand(3, m, generator=generator, **f64)
             b = torch.searchsorted(cdf, u[0]).clamp(max=len(cdf) - 1)
             x = lo[b] + _STEP * u[1]
             keep = u[2].log() < self.log_density(x) - log_env[b]
             out.append(x[keep][:remaining])
             remaining -= len(out[-1])
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+        return torch.cat(out) if out else torch.zeros(0, **f64)
 
 
 class ManyWell(Target):
@@ -112,9 +114,10 @@ class ManyWell(Target):
 
     def _tempered_sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         temperature = float(self.temperature)
-        x1 = self.well(temperature).sample(n * self.n_pairs, generator).reshape(n, self.n_pairs)
+        x1 = self.well(temperature).sample(n * self.n_pairs, generator, self.device)
         x2 = math.sqrt(temperature) * torch.randn(n, self.n_pairs, dtype=torch.float64,
-                                                  generator=generator)
+                                                  device=self.device, generator=generator)
+        x1 = x1.reshape(n, self.n_pairs)
         return torch.stack([x1, x2], dim=-1).reshape(n, self.dim)
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
@@ -159,7 +162,8 @@ class Funnel(Target):
     def _tempered_sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         temperature = float(self.temperature)
         beta, m, s2 = 1.0 / temperature, self.dim - 1, self.scale**2
-        eps = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
+        eps = torch.randn(n, self.dim, dtype=torch.float64, device=self.device,
+                          generator=generator)
         x0 = m * (1 - beta) * s2 / (2 * beta) + math.sqrt(s2 / beta) * eps[:, 0]
         rest = torch.exp(0.5 * x0)[:, None] * math.sqrt(temperature) * eps[:, 1:]
         return torch.cat([x0[:, None], rest], dim=-1)
@@ -196,8 +200,8 @@ class MultiWell(Target):
         return self._tempered_log_Z(1.0)
 
     def _tempered_sample(self, n: int, generator: torch.Generator | None) -> Tensor:
-        return self.factor(float(self.temperature)).sample(n * self.dim, generator).reshape(
-            n, self.dim)
+        return self.factor(float(self.temperature)).sample(
+            n * self.dim, generator, self.device).reshape(n, self.dim)
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         return self._tempered_sample(n, generator)

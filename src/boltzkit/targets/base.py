@@ -59,6 +59,8 @@ class Target:
     typical_energy_max: float | None = None
     n_particles: int | None = None
     spatial_dim: int | None = None
+    # Where the target's own tensors live and its exact samples are drawn (`to` moves them).
+    device: torch.device = torch.device("cpu")
 
     def __init__(self, dim: int) -> None:
         if dim < 1:
@@ -172,6 +174,20 @@ class Target:
         new.temperature = self.temperature * temperature
         return new
 
+    def to(self, device: str | torch.device) -> Target:
+        """A copy whose tensors (parameters, nested targets and modules) live on `device`.
+
+        Exact samples are then drawn there; `log_prob` always follows its input's device. The
+        copy shares this target's evaluation counter, like `tempered`. Caches keyed by device
+        (dicts with `torch.device` keys) are left alone: they fill per input device.
+        """
+        device = torch.device(device)
+        new = copy.copy(self)
+        for key, value in vars(self).items():
+            setattr(new, key, _moved(value, device))
+        new.device = device
+        return new
+
     def uncounted(self) -> Target:
         """A copy with its own fresh counter: for evaluation and diagnostics that must not be
         charged to a sampler's budget."""
@@ -216,6 +232,17 @@ def remove_com(x: Tensor, n_particles: int, spatial_dim: int) -> Tensor:
     shape = x.shape
     xp = x.reshape(*shape[:-1], n_particles, spatial_dim)
     return (xp - xp.mean(dim=-2, keepdim=True)).reshape(shape)
+
+
+def _moved(value: object, device: torch.device) -> object:
+    """`value` with every tensor, target and module in it on `device` (lists, tuples, dicts)."""
+    if isinstance(value, Tensor | Target | torch.nn.Module):
+        return value.to(device)
+    if isinstance(value, list | tuple) and not hasattr(value, "_fields"):
+        return type(value)(_moved(v, device) for v in value)
+    if isinstance(value, dict) and not any(isinstance(k, torch.device) for k in value):
+        return {k: _moved(v, device) for k, v in value.items()}
+    return value
 
 
 def _batch_size(x: Tensor) -> int:

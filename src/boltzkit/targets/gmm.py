@@ -183,7 +183,8 @@ class GaussianMixture(Target):
                 score, _ = score_and_hessian_terms(clp, z, eigvals, eigvecs, hessian=False)
                 lp = torch.logsumexp(clp, dim=-1)
             lp = self._finite_or_minus_inf(lp)
-        return lp / self.temperature, score / self.temperature
+        t = self.temperature  # a tensor broadcasts against the batch shape, not the coordinates
+        return lp / t, score / (t[..., None] if isinstance(t, Tensor) else t)
 
     # ---- mixture-specific ---------------------------------------------------------------
     def component_log_prob(self, x: Tensor) -> Tensor:
@@ -205,7 +206,9 @@ class GaussianMixture(Target):
         self.counter.n_grad += n
         log_w, means, eigvals, eigvecs = self._params(x)
         clp, z = component_terms(x, log_w, means, eigvals, eigvecs)
-        return score_and_hessian_terms(clp, z, eigvals, eigvecs, hessian=True)[1] / self.temperature
+        t = self.temperature
+        hess = score_and_hessian_terms(clp, z, eigvals, eigvecs, hessian=True)[1]
+        return hess / (t[..., None, None] if isinstance(t, Tensor) else t)
 
     # ---- noised marginals (X_t = alpha X_0 + sigma eps) ---------------------------------
     def noised(self, alpha: float | Tensor, sigma: float | Tensor) -> GaussianMixture:

@@ -49,7 +49,7 @@ class PairPotential(Target):
         super().__init__(n_particles * spatial_dim)
         self.n_particles, self.spatial_dim = int(n_particles), int(spatial_dim)
         self.harmonic = float(harmonic)
-        self._pairs = {torch.device("cpu"): torch.triu_indices(n_particles, n_particles, 1)}
+        self._pairs = torch.triu_indices(n_particles, n_particles, 1)
         n_pairs = n_particles * (n_particles - 1) // 2
         self.chunk_size = chunk_size or max(64, _CHUNK_ELEMENTS // (n_pairs * spatial_dim))
 
@@ -87,9 +87,9 @@ class PairPotential(Target):
 
     # ---- the two evaluation paths -------------------------------------------------------
     def _pair_index(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        if device not in self._pairs:
-            self._pairs[device] = self._pairs[torch.device("cpu")].to(device)
-        i, j = self._pairs[device]
+        if self._pairs.device != device:  # after `to(device)` no copy per call
+            self._pairs = self._pairs.to(device)
+        i, j = self._pairs
         return i, j
 
     def _energy_differentiable(self, x: Tensor) -> Tensor:

@@ -34,7 +34,8 @@ def log_integral(
     """
     if not len(lows) == len(highs) == len(steps) or len(lows) not in (1, 2):
         raise ValueError("log_integral: lows, highs and steps must have the same length, 1 or 2")
-    axes = [torch.arange(lo, hi + h, h, dtype=torch.float64)
+    # A float on the host: the grid lives on the CPU whatever device the target's tensors use.
+    axes = [torch.arange(lo, hi + h, h, dtype=torch.float64, device="cpu")
             for lo, hi, h in zip(lows, highs, steps, strict=True)]
     if len(axes) == 1:
         return _lse_chunks(log_f, axes[0][:, None], chunk) + math.log(steps[0])

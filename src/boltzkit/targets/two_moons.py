@@ -123,7 +123,8 @@ class TwoMoonsPosterior(Target):
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n prior draws `[n, 2]` (float64)."""
-        return self.prior_std * torch.randn(n, 2, dtype=torch.float64, generator=generator)
+        return self.prior_std * torch.randn(n, 2, dtype=torch.float64, device=self.device,
+                                             generator=generator)
 
     def sample_joint(self, n: int, generator: torch.Generator | None = None
                      ) -> tuple[Tensor, Tensor]:

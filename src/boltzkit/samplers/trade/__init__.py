@@ -284,7 +284,8 @@ def build_flow(config: Config, dim: int, data: Tensor | None = None,
     """The conditional flow of `config` (the latent-NLL baseline sees c only through the base)."""
     arch = config.flow_config(dim, conditional=config.method != "latent_nll",
                               latent_power=config.latent_power(), context_dim=context_dim)
-    return make_flow(arch, data).to(getattr(torch, config.dtype))
+    with torch.device(config.device):  # parameters initialised where they will live
+        return make_flow(arch, data).to(getattr(torch, config.dtype))
 
 
 @torch.no_grad()
@@ -318,7 +319,7 @@ def sample(
         if not at_c0.has_exact_samples:
             raise UsageError(f"{target.name!r} has no exact samples at c0 = {config.c0}; "
                              "call trade.train with data (e.g. from boltzkit.mc.mcmc)")
-        data = Data(at_c0.sample(config.n_data).to(dtype), config.c0)
+        data = Data(at_c0.sample(config.n_data).to(dtype=dtype, device=config.device), config.c0)
     flow = build_flow(config, target.dim, None if data is None else data.x)
     whole = skeleton.Run(target, budget=budget)  # counts of training and weighting together
     record = train(flow, family, config, data, budget=budget, reserve=n_samples,

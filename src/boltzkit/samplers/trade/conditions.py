@@ -21,9 +21,9 @@ from boltzkit.targets.family import Family, action_derivative
 
 # ---- conditions -------------------------------------------------------------------------
 def log_grid(config: Config) -> Tensor:
-    """n_grid conditions log-spaced over [c_min, c_max], float64."""
+    """n_grid conditions log-spaced over [c_min, c_max], float64 on `config.device`."""
     return torch.logspace(math.log10(config.c_min), math.log10(config.c_max), config.n_grid,
-                          dtype=torch.float64)
+                          dtype=torch.float64, device=config.device)
 
 
 def curriculum_conditions(config: Config, n: int, progress: float) -> Tensor:
@@ -34,8 +34,9 @@ def curriculum_conditions(config: Config, n: int, progress: float) -> Tensor:
     p = min(max(progress, 0.0), 1.0)
     alpha = reach = config.curriculum_start + (1 - config.curriculum_start) * p
     lo, hi, mid = math.log(config.c_min), math.log(config.c_max), math.log(config.c0)
-    upper = torch.rand(n, dtype=torch.float64) < (hi - mid) / (hi - lo)
-    s = reach * torch.rand(n, dtype=torch.float64) ** (1 / alpha)
+    f64 = {"dtype": torch.float64, "device": config.device}
+    upper = torch.rand(n, **f64) < (hi - mid) / (hi - lo)
+    s = reach * torch.rand(n, **f64) ** (1 / alpha)
     return torch.exp(torch.where(upper, mid + s * (hi - mid), mid - s * (mid - lo)))
 
 
@@ -61,8 +62,8 @@ def snis(log_w: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     """
     empty = torch.isneginf(log_w).all(-1, keepdim=True)
     log_w = torch.where(empty, torch.zeros_like(log_w), log_w.double())
-    mean = torch.as_tensor(estimators.snis(log_w, values.double()).mean)
-    ess = torch.as_tensor(estimators.ess(log_w))
+    mean = torch.as_tensor(estimators.snis(log_w, values.double()).mean, device=log_w.device)
+    ess = torch.as_tensor(estimators.ess(log_w), device=log_w.device)
     return torch.where(empty[..., 0], 0.0, mean), torch.where(empty[..., 0], 0.0, ess)
 
 

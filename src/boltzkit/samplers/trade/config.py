@@ -56,6 +56,7 @@ class Config(FlowArchitecture):
     checkpoint_every: int = 500
     log_every: int = 50
     dtype: Literal["float32", "float64"] = "float32"
+    device: str = "cpu"  # where the flow and the conditions live; the target must be there
 
     def latent_power(self) -> float:
         if not self.latent_scaling:
@@ -68,10 +69,10 @@ class Data:
 
     def __init__(self, x: Tensor, c: Tensor | float, context: Tensor | None = None) -> None:
         self.x, self.context = x, context
-        self.c = torch.as_tensor(c, dtype=x.dtype).expand(len(x)).clone()
+        self.c = torch.as_tensor(c, dtype=x.dtype, device=x.device).expand(len(x)).clone()
 
     def batch(self, n: int) -> tuple[Tensor, Tensor, Tensor | None]:
-        idx = torch.randint(len(self.x), (n,))
+        idx = torch.randint(len(self.x), (n,), device=self.x.device)
         ctx = None if self.context is None else self.context[idx]
         return self.x[idx], self.c[idx], ctx
 

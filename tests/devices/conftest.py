@@ -1,0 +1,9 @@
+"""The `device` fixture of tests/devices: "cpu", and "cuda" where a GPU is present."""
+
+import pytest
+from tests.devices.guard import DEVICES
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    return request.param
