@@ -200,8 +200,9 @@ def test_buffer_is_fifo_and_functional():
 
 # ---- the shared schedule and reverse SDE against the pre-refactor code -------------------------
 class _FrozenGeometricSchedule:
-    """Frozen copy of the removed `samplers.idem.core.GeometricSchedule` (commit 22b107a), kept only here
-    as the reference that the shared `VESchedule` + `diffusion.sde.reverse_sde` must match."""
+    """Frozen copy of the removed `samplers.idem.core.GeometricSchedule` (commit 22b107a), kept
+    only here as the reference that the shared `VESchedule` + `diffusion.sde.reverse_sde` must
+    match."""
 
     def __init__(self, sigma_min, sigma_max):
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
