@@ -7,6 +7,7 @@ FLOP counts of the EGNN.
     python benchmarks/idem_speed.py --inner-steps 10 --sde-steps 50 --targets dw4
     python benchmarks/idem_speed.py --runs 3            # medians of three measurements
     python benchmarks/idem_speed.py --skip-floor --inner-steps 1 --sde-steps 1 --ablations 5
+    python benchmarks/idem_speed.py --compare 5         # shared diffusion stack vs the old code
 
 Reduced runs time `--inner-steps` inner steps and `--sde-steps` reverse-SDE steps (batch 1000)
 and multiply by 100 / inner-steps and 1000 / sde-steps: every inner step and every SDE step does
@@ -15,7 +16,9 @@ excluded). The output says when numbers are extrapolated. It also prints this ma
 rate (at the network's shape and at 2048^3) and SiLU cost, and two lower bounds per outer
 iteration derived from them and the EGNN's FLOP and activation counts. Generation uses the
 fused EGNN kernel (boltzkit.models.fused) when it builds here; the first line says whether it
-did, and `--ablations` times it against library calls. Reference
+did, and `--ablations` times it against library calls. `--compare ROUNDS` times the shared VE
+schedule and reverse SDE (`boltzkit.diffusion`) against frozen copies of the iDEM-only code
+they replaced, side by side in interleaved rounds (see `compare_old_new`). Reference
 implementation (issue 4, same machine class): DW-4 103 s, LJ-13 4,630 s per outer iteration;
 targets 20 s and 900 s.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -34,7 +38,8 @@ import torch
 
 from boltzkit import targets
 from boltzkit.core.config import override
-from boltzkit.mc.noise import Particles
+from boltzkit.diffusion.sde import reverse_sde
+from boltzkit.mc.noise import Particles, gaussian_noise
 from boltzkit.models import fused
 from boltzkit.samplers import idem
 from boltzkit.samplers.idem.core import buffer_push, mc_score
@@ -232,6 +237,107 @@ def ablations(name: str, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+class _FrozenGeometricSchedule:
+    """Frozen copy of the removed `samplers.idem.core.GeometricSchedule` (commit 22b107a), kept
+    only as the "old" side of `compare_old_new`."""
+
+    def __init__(self, sigma_min: float, sigma_max: float) -> None:
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.log_ratio = math.log(sigma_max / sigma_min)
+
+    def sigma(self, t: Any) -> torch.Tensor:
+        t = t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float64)
+        return self.sigma_min * torch.sqrt(torch.expm1(2 * self.log_ratio * t))
+
+    def g2(self, t: Any) -> torch.Tensor:
+        t = t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float64)
+        return 2 * self.log_ratio * self.sigma_min**2 * torch.exp(2 * self.log_ratio * t)
+
+
+def _frozen_reverse_sde(score_fn: Any, x1: torch.Tensor, schedule: Any, n_steps: int,
+                        noise_scale: float, particles: Particles | None) -> torch.Tensor:
+    """Frozen copy of the removed `samplers.idem.core.reverse_sde` loop (commit 22b107a)."""
+    dt = 1.0 / n_steps
+    x = x1.clone()
+    for k in range(n_steps):
+        t = 1.0 - k * dt
+        g2 = float(schedule.g2(t))
+        drift = score_fn(x, t)
+        z = gaussian_noise(tuple(x.shape), x, particles)
+        x = x + (g2 * dt) * drift + (noise_scale * math.sqrt(g2 * dt)) * z
+    return particles.center(x) if particles is not None else x
+
+
+def compare_old_new(name: str, rounds: int, sde_steps: int) -> dict[str, Any]:
+    """Old (frozen copies) against new (`VESchedule`, `diffusion.sde.reverse_sde`) on the
+    preset's network: the reverse SDE for `sde_steps` steps at batch n_generate, as generation
+    runs it (no autograd, fused kernel where built), and one inner training step (estimator +
+    network + Adam; the schedule gives sigma(t) and lambda(t)). Each round times old and new of
+    both parts, in ABBA order across rounds so that drifts in the machine's speed cancel; the
+    medians over rounds and their ratio new / old are returned, with the outer iteration
+    extrapolated as n_inner inner steps + n_sde_steps / sde_steps SDE runs."""
+    target, cfg = targets.get(name), idem.preset(name)
+    run = idem._Training(target, cfg, None, None)
+    run.buffer = buffer_push(run.buffer, run.prior(cfg.buffer_size))
+    schedules = {"old": _FrozenGeometricSchedule(cfg.sigma_min, cfg.sigma_max),
+                 "new": run.schedule}
+    x1 = run.prior(cfg.n_generate)
+
+    def sde(side: str) -> None:
+        with torch.no_grad():
+            if side == "old":
+                _frozen_reverse_sde(run.net, x1, schedules["old"], sde_steps, cfg.noise_scale,
+                                    run.particles)
+            else:
+                reverse_sde(run.net, x1, schedules["new"], sde_steps,
+                            noise_scale=cfg.noise_scale, particles=run.particles)
+
+    def inner(side: str) -> None:
+        run.schedule = schedules[side]
+        run.inner_step()
+
+    times: dict[str, list[float]] = {f"{p}_{s}": [] for p in ("sde", "inner")
+                                     for s in ("old", "new")}
+    for side in ("old", "new"):  # warm-up
+        sde(side)
+        inner(side)
+    for r in range(rounds):
+        for part, fn in (("sde", sde), ("inner", inner)):
+            for side in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                start = time.perf_counter()
+                fn(side)
+                times[f"{part}_{side}"].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+    outer = {s: cfg.n_inner * med[f"inner_{s}"] + cfg.n_sde_steps / sde_steps * med[f"sde_{s}"]
+             for s in ("old", "new")}
+    paired = {part: statistics.median(n / o for n, o in zip(
+        times[f"{part}_new"], times[f"{part}_old"], strict=True)) for part in ("sde", "inner")}
+    return {"target": name, "rounds": rounds, "sde_steps": sde_steps,
+            "batch_sde": cfg.n_generate, "batch_inner": cfg.batch_size, "times": times,
+            "median": med, "best": best, "outer_old_s": outer["old"], "outer_new_s": outer["new"],
+            "ratio": {"sde": med["sde_new"] / med["sde_old"],
+                      "inner": med["inner_new"] / med["inner_old"],
+                      "outer": outer["new"] / outer["old"]},
+            "paired_ratio": paired,
+            "best_ratio": {p: best[f"{p}_new"] / best[f"{p}_old"] for p in ("sde", "inner")}}
+
+
+def print_comparison(c: dict[str, Any]) -> None:
+    m, b, ratio, paired, best = (c["median"], c["best"], c["ratio"], c["paired_ratio"],
+                                 c["best_ratio"])
+    print(f"\n## {c['target']}: old (frozen iDEM-only code) vs new (shared diffusion stack), "
+          f"{c['rounds']} interleaved rounds\n| part | old s (median; best) | new s (median; best)"
+          f" | new / old: medians | median of paired ratios | bests |\n|---|---|---|---|---|---|")
+    for part, label in (("sde", f"reverse SDE, {c['sde_steps']} steps, batch {c['batch_sde']}"),
+                        ("inner", f"one inner step, batch {c['batch_inner']}")):
+        print(f"| {label} | {m[part + '_old']:.4f}; {b[part + '_old']:.4f} | "
+              f"{m[part + '_new']:.4f}; {b[part + '_new']:.4f} | {ratio[part]:.3f} | "
+              f"{paired[part]:.3f} | {best[part]:.3f} |")
+    print(f"| outer iteration (extrapolated from the medians) | {c['outer_old_s']:.1f} | "
+          f"{c['outer_new_s']:.1f} | {ratio['outer']:.3f} | | |")
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-key median of numeric results over repeated measurements (other keys from the
     first); `outer_s_runs` keeps every run's total."""
@@ -256,6 +362,9 @@ def main() -> None:
                     help="measure each outer iteration this many times; medians are printed")
     ap.add_argument("--ablations", type=int, default=0, metavar="ROUNDS",
                     help="also time the exact reformulations on and off (interleaved rounds)")
+    ap.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
+                    help="only time the old iDEM schedule + SDE against the shared ones "
+                         "(interleaved rounds; --sde-steps steps)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -268,6 +377,17 @@ def main() -> None:
     print(f"# iDEM speed (torch {info['torch']}, {info['threads']} threads, float32); "
           f"load average before: {info['load_before']}; fused EGNN kernel: "
           + ("on" if kernel is not None else f"unavailable ({fused.build_error()})"))
+    if args.compare:
+        info["compare"] = [compare_old_new(name, args.compare, args.sde_steps)
+                           for name in args.targets.split(",")]
+        for c in info["compare"]:
+            print_comparison(c)
+        info["load_after"] = load()
+        print(f"\nload average after: {info['load_after']}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(info, f, indent=1)
+        return
     rates = machine_rates()
     info["rates"] = rates
     print(f"machine: sgemm {rates['gemm_gflops']:.0f} GFLOP/s at [8192x128]x[128x128], "
