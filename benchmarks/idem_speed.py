@@ -275,7 +275,9 @@ def compare_old_new(name: str, rounds: int, sde_steps: int) -> dict[str, Any]:
     network + Adam; the schedule gives sigma(t) and lambda(t)). Each round times old and new of
     both parts, in ABBA order across rounds so that drifts in the machine's speed cancel; the
     medians over rounds and their ratio new / old are returned, with the outer iteration
-    extrapolated as n_inner inner steps + n_sde_steps / sde_steps SDE runs."""
+    extrapolated as n_inner inner steps + n_sde_steps / sde_steps SDE runs. A third part, the
+    SDE with a score that costs nothing (10 runs per round), isolates what the two
+    implementations do differently: the schedule's coefficients, the update and the noise."""
     target, cfg = targets.get(name), idem.preset(name)
     run = idem._Training(target, cfg, None, None)
     run.buffer = buffer_push(run.buffer, run.prior(cfg.buffer_size))
@@ -296,46 +298,67 @@ def compare_old_new(name: str, rounds: int, sde_steps: int) -> dict[str, Any]:
         run.schedule = schedules[side]
         run.inner_step()
 
-    times: dict[str, list[float]] = {f"{p}_{s}": [] for p in ("sde", "inner")
-                                     for s in ("old", "new")}
+    still = torch.zeros_like(x1)
+
+    def steps_only(side: str) -> None:  # the SDE with a free score: all but the network
+        for _ in range(10):
+            if side == "old":
+                _frozen_reverse_sde(lambda x, t: still, x1, schedules["old"], sde_steps,
+                                    cfg.noise_scale, run.particles)
+            else:
+                reverse_sde(lambda x, t: still, x1, schedules["new"], sde_steps,
+                            noise_scale=cfg.noise_scale, particles=run.particles)
+
+    parts = (("sde", sde), ("inner", inner), ("steps", steps_only))
+    keys = [f"{p}_{s}" for p, _ in parts for s in ("old", "new")]
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    cpu: dict[str, list[float]] = {k: [] for k in keys}
     for side in ("old", "new"):  # warm-up
         sde(side)
         inner(side)
     for r in range(rounds):
-        for part, fn in (("sde", sde), ("inner", inner)):
+        for part, fn in parts:
             for side in (("old", "new") if r % 2 == 0 else ("new", "old")):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 fn(side)
                 times[f"{part}_{side}"].append(time.perf_counter() - start)
+                cpu[f"{part}_{side}"].append(time.process_time() - start_cpu)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     best = {k: min(v) for k, v in times.items()}
     outer = {s: cfg.n_inner * med[f"inner_{s}"] + cfg.n_sde_steps / sde_steps * med[f"sde_{s}"]
              for s in ("old", "new")}
     paired = {part: statistics.median(n / o for n, o in zip(
-        times[f"{part}_new"], times[f"{part}_old"], strict=True)) for part in ("sde", "inner")}
+        times[f"{part}_new"], times[f"{part}_old"], strict=True)) for part, _ in parts}
     return {"target": name, "rounds": rounds, "sde_steps": sde_steps,
             "batch_sde": cfg.n_generate, "batch_inner": cfg.batch_size, "times": times,
             "median": med, "best": best, "outer_old_s": outer["old"], "outer_new_s": outer["new"],
-            "ratio": {"sde": med["sde_new"] / med["sde_old"],
-                      "inner": med["inner_new"] / med["inner_old"],
+            "ratio": {**{p: med[f"{p}_new"] / med[f"{p}_old"] for p, _ in parts},
                       "outer": outer["new"] / outer["old"]},
-            "paired_ratio": paired,
-            "best_ratio": {p: best[f"{p}_new"] / best[f"{p}_old"] for p in ("sde", "inner")}}
+            "paired_ratio": paired, "cpu_times": cpu, "median_cpu": med_cpu,
+            "cpu_ratio": {p: med_cpu[f"{p}_new"] / med_cpu[f"{p}_old"] for p, _ in parts},
+            "best_ratio": {p: best[f"{p}_new"] / best[f"{p}_old"] for p, _ in parts}}
 
 
 def print_comparison(c: dict[str, Any]) -> None:
-    m, b, ratio, paired, best = (c["median"], c["best"], c["ratio"], c["paired_ratio"],
-                                 c["best_ratio"])
+    """Wall-clock medians and bests, and the medians of process CPU time (both threads), which
+    other processes on a shared machine disturb far less than wall time."""
+    m, b, mc = c["median"], c["best"], c["median_cpu"]
     print(f"\n## {c['target']}: old (frozen iDEM-only code) vs new (shared diffusion stack), "
-          f"{c['rounds']} interleaved rounds\n| part | old s (median; best) | new s (median; best)"
-          f" | new / old: medians | median of paired ratios | bests |\n|---|---|---|---|---|---|")
+          f"{c['rounds']} interleaved rounds\n| part | old wall s (median; best) | new wall s "
+          "(median; best) | new / old: wall medians | paired wall ratios, median | wall bests | "
+          "CPU s old; new (medians) | new / old: CPU medians |\n|---|---|---|---|---|---|---|---|")
     for part, label in (("sde", f"reverse SDE, {c['sde_steps']} steps, batch {c['batch_sde']}"),
-                        ("inner", f"one inner step, batch {c['batch_inner']}")):
-        print(f"| {label} | {m[part + '_old']:.4f}; {b[part + '_old']:.4f} | "
-              f"{m[part + '_new']:.4f}; {b[part + '_new']:.4f} | {ratio[part]:.3f} | "
-              f"{paired[part]:.3f} | {best[part]:.3f} |")
-    print(f"| outer iteration (extrapolated from the medians) | {c['outer_old_s']:.1f} | "
-          f"{c['outer_new_s']:.1f} | {ratio['outer']:.3f} | | |")
+                        ("inner", f"one inner step, batch {c['batch_inner']}"),
+                        ("steps", f"10 x reverse SDE with a free score (all but the network), "
+                                  f"{c['sde_steps']} steps")):
+        o, n = part + "_old", part + "_new"
+        print(f"| {label} | {m[o]:.4f}; {b[o]:.4f} | {m[n]:.4f}; {b[n]:.4f} | "
+              f"{c['ratio'][part]:.3f} | {c['paired_ratio'][part]:.3f} | "
+              f"{c['best_ratio'][part]:.3f} | {mc[o]:.4f}; {mc[n]:.4f} | "
+              f"{c['cpu_ratio'][part]:.3f} |")
+    print(f"| outer iteration (extrapolated from the wall medians) | {c['outer_old_s']:.1f} | "
+          f"{c['outer_new_s']:.1f} | {c['ratio']['outer']:.3f} | | | | |")
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
