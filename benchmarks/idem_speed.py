@@ -268,6 +268,9 @@ def _frozen_reverse_sde(score_fn: Any, x1: torch.Tensor, schedule: Any, n_steps:
     return particles.center(x) if particles is not None else x
 
 
+_FREE_SCORE_RUNS = 40
+
+
 def compare_old_new(name: str, rounds: int, sde_steps: int) -> dict[str, Any]:
     """Old (frozen copies) against new (`VESchedule`, `diffusion.sde.reverse_sde`) on the
     preset's network: the reverse SDE for `sde_steps` steps at batch n_generate, as generation
@@ -276,7 +279,7 @@ def compare_old_new(name: str, rounds: int, sde_steps: int) -> dict[str, Any]:
     both parts, in ABBA order across rounds so that drifts in the machine's speed cancel; the
     medians over rounds and their ratio new / old are returned, with the outer iteration
     extrapolated as n_inner inner steps + n_sde_steps / sde_steps SDE runs. A third part, the
-    SDE with a score that costs nothing (10 runs per round), isolates what the two
+    SDE with a score that costs nothing (40 runs per round), isolates what the two
     implementations do differently: the schedule's coefficients, the update and the noise."""
     target, cfg = targets.get(name), idem.preset(name)
     run = idem._Training(target, cfg, None, None)
@@ -301,7 +304,7 @@ def compare_old_new(name: str, rounds: int, sde_steps: int) -> dict[str, Any]:
     still = torch.zeros_like(x1)
 
     def steps_only(side: str) -> None:  # the SDE with a free score: all but the network
-        for _ in range(10):
+        for _ in range(_FREE_SCORE_RUNS):
             if side == "old":
                 _frozen_reverse_sde(lambda x, t: still, x1, schedules["old"], sde_steps,
                                     cfg.noise_scale, run.particles)
@@ -350,8 +353,8 @@ def print_comparison(c: dict[str, Any]) -> None:
           "CPU s old; new (medians) | new / old: CPU medians |\n|---|---|---|---|---|---|---|---|")
     for part, label in (("sde", f"reverse SDE, {c['sde_steps']} steps, batch {c['batch_sde']}"),
                         ("inner", f"one inner step, batch {c['batch_inner']}"),
-                        ("steps", f"10 x reverse SDE with a free score (all but the network), "
-                                  f"{c['sde_steps']} steps")):
+                        ("steps", f"{_FREE_SCORE_RUNS} x reverse SDE with a free score (all "
+                                  f"but the network), {c['sde_steps']} steps")):
         o, n = part + "_old", part + "_new"
         print(f"| {label} | {m[o]:.4f}; {b[o]:.4f} | {m[n]:.4f}; {b[n]:.4f} | "
               f"{c['ratio'][part]:.3f} | {c['paired_ratio'][part]:.3f} | "
@@ -359,6 +362,10 @@ def print_comparison(c: dict[str, Any]) -> None:
               f"{c['cpu_ratio'][part]:.3f} |")
     print(f"| outer iteration (extrapolated from the wall medians) | {c['outer_old_s']:.1f} | "
           f"{c['outer_new_s']:.1f} | {c['ratio']['outer']:.3f} | | | | |")
+    per_step = 1e6 / (_FREE_SCORE_RUNS * c["sde_steps"])
+    print("free-score SDE, microseconds per step (median; best): old "
+          f"{m['steps_old'] * per_step:.1f}; {b['steps_old'] * per_step:.1f}, new "
+          f"{m['steps_new'] * per_step:.1f}; {b['steps_new'] * per_step:.1f}")
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
