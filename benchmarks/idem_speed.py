@@ -7,6 +7,7 @@ FLOP counts of the EGNN.
     python benchmarks/idem_speed.py --inner-steps 10 --sde-steps 50 --targets dw4
     python benchmarks/idem_speed.py --runs 3            # medians of three measurements
     python benchmarks/idem_speed.py --skip-floor --inner-steps 1 --sde-steps 1 --ablations 5
+    python benchmarks/idem_speed.py --compare 5         # shared diffusion stack vs the old code
 
 Reduced runs time `--inner-steps` inner steps and `--sde-steps` reverse-SDE steps (batch 1000)
 and multiply by 100 / inner-steps and 1000 / sde-steps: every inner step and every SDE step does
@@ -15,7 +16,9 @@ excluded). The output says when numbers are extrapolated. It also prints this ma
 rate (at the network's shape and at 2048^3) and SiLU cost, and two lower bounds per outer
 iteration derived from them and the EGNN's FLOP and activation counts. Generation uses the
 fused EGNN kernel (boltzkit.models.fused) when it builds here; the first line says whether it
-did, and `--ablations` times it against library calls. Reference
+did, and `--ablations` times it against library calls. `--compare ROUNDS` times the shared VE
+schedule and reverse SDE (`boltzkit.diffusion`) against frozen copies of the iDEM-only code
+they replaced, side by side in interleaved rounds (see `compare_old_new`). Reference
 implementation (issue 4, same machine class): DW-4 103 s, LJ-13 4,630 s per outer iteration;
 targets 20 s and 900 s.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -34,7 +38,8 @@ import torch
 
 from boltzkit import targets
 from boltzkit.core.config import override
-from boltzkit.mc.noise import Particles
+from boltzkit.diffusion.sde import reverse_sde
+from boltzkit.mc.noise import Particles, gaussian_noise
 from boltzkit.models import fused
 from boltzkit.samplers import idem
 from boltzkit.samplers.idem.core import buffer_push, mc_score
@@ -232,6 +237,137 @@ def ablations(name: str, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+class _FrozenGeometricSchedule:
+    """Frozen copy of the removed `samplers.idem.core.GeometricSchedule` (commit 22b107a), kept
+    only as the "old" side of `compare_old_new`."""
+
+    def __init__(self, sigma_min: float, sigma_max: float) -> None:
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.log_ratio = math.log(sigma_max / sigma_min)
+
+    def sigma(self, t: Any) -> torch.Tensor:
+        t = t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float64)
+        return self.sigma_min * torch.sqrt(torch.expm1(2 * self.log_ratio * t))
+
+    def g2(self, t: Any) -> torch.Tensor:
+        t = t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float64)
+        return 2 * self.log_ratio * self.sigma_min**2 * torch.exp(2 * self.log_ratio * t)
+
+
+def _frozen_reverse_sde(score_fn: Any, x1: torch.Tensor, schedule: Any, n_steps: int,
+                        noise_scale: float, particles: Particles | None) -> torch.Tensor:
+    """Frozen copy of the removed `samplers.idem.core.reverse_sde` loop (commit 22b107a)."""
+    dt = 1.0 / n_steps
+    x = x1.clone()
+    for k in range(n_steps):
+        t = 1.0 - k * dt
+        g2 = float(schedule.g2(t))
+        drift = score_fn(x, t)
+        z = gaussian_noise(tuple(x.shape), x, particles)
+        x = x + (g2 * dt) * drift + (noise_scale * math.sqrt(g2 * dt)) * z
+    return particles.center(x) if particles is not None else x
+
+
+_FREE_SCORE_RUNS = 40
+
+
+def compare_old_new(name: str, rounds: int, sde_steps: int) -> dict[str, Any]:
+    """Old (frozen copies) against new (`VESchedule`, `diffusion.sde.reverse_sde`) on the
+    preset's network: the reverse SDE for `sde_steps` steps at batch n_generate, as generation
+    runs it (no autograd, fused kernel where built), and one inner training step (estimator +
+    network + Adam; the schedule gives sigma(t) and lambda(t)). Each round times old and new of
+    both parts, in ABBA order across rounds so that drifts in the machine's speed cancel; the
+    medians over rounds and their ratio new / old are returned, with the outer iteration
+    extrapolated as n_inner inner steps + n_sde_steps / sde_steps SDE runs. A third part, the
+    SDE with a score that costs nothing (40 runs per round), isolates what the two
+    implementations do differently: the schedule's coefficients, the update and the noise."""
+    target, cfg = targets.get(name), idem.preset(name)
+    run = idem._Training(target, cfg, None, None)
+    run.buffer = buffer_push(run.buffer, run.prior(cfg.buffer_size))
+    schedules = {"old": _FrozenGeometricSchedule(cfg.sigma_min, cfg.sigma_max),
+                 "new": run.schedule}
+    x1 = run.prior(cfg.n_generate)
+
+    def sde(side: str) -> None:
+        with torch.no_grad():
+            if side == "old":
+                _frozen_reverse_sde(run.net, x1, schedules["old"], sde_steps, cfg.noise_scale,
+                                    run.particles)
+            else:
+                reverse_sde(run.net, x1, schedules["new"], sde_steps,
+                            noise_scale=cfg.noise_scale, particles=run.particles)
+
+    def inner(side: str) -> None:
+        run.schedule = schedules[side]
+        run.inner_step()
+
+    still = torch.zeros_like(x1)
+
+    def steps_only(side: str) -> None:  # the SDE with a free score: all but the network
+        for _ in range(_FREE_SCORE_RUNS):
+            if side == "old":
+                _frozen_reverse_sde(lambda x, t: still, x1, schedules["old"], sde_steps,
+                                    cfg.noise_scale, run.particles)
+            else:
+                reverse_sde(lambda x, t: still, x1, schedules["new"], sde_steps,
+                            noise_scale=cfg.noise_scale, particles=run.particles)
+
+    parts = (("sde", sde), ("inner", inner), ("steps", steps_only))
+    keys = [f"{p}_{s}" for p, _ in parts for s in ("old", "new")]
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    cpu: dict[str, list[float]] = {k: [] for k in keys}
+    for side in ("old", "new"):  # warm-up
+        sde(side)
+        inner(side)
+    for r in range(rounds):
+        for part, fn in parts:
+            for side in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                fn(side)
+                times[f"{part}_{side}"].append(time.perf_counter() - start)
+                cpu[f"{part}_{side}"].append(time.process_time() - start_cpu)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    best = {k: min(v) for k, v in times.items()}
+    outer = {s: cfg.n_inner * med[f"inner_{s}"] + cfg.n_sde_steps / sde_steps * med[f"sde_{s}"]
+             for s in ("old", "new")}
+    paired = {part: statistics.median(n / o for n, o in zip(
+        times[f"{part}_new"], times[f"{part}_old"], strict=True)) for part, _ in parts}
+    return {"target": name, "rounds": rounds, "sde_steps": sde_steps,
+            "batch_sde": cfg.n_generate, "batch_inner": cfg.batch_size, "times": times,
+            "median": med, "best": best, "outer_old_s": outer["old"], "outer_new_s": outer["new"],
+            "ratio": {**{p: med[f"{p}_new"] / med[f"{p}_old"] for p, _ in parts},
+                      "outer": outer["new"] / outer["old"]},
+            "paired_ratio": paired, "cpu_times": cpu, "median_cpu": med_cpu,
+            "cpu_ratio": {p: med_cpu[f"{p}_new"] / med_cpu[f"{p}_old"] for p, _ in parts},
+            "best_ratio": {p: best[f"{p}_new"] / best[f"{p}_old"] for p, _ in parts}}
+
+
+def print_comparison(c: dict[str, Any]) -> None:
+    """Wall-clock medians and bests, and the medians of process CPU time (both threads), which
+    other processes on a shared machine disturb far less than wall time."""
+    m, b, mc = c["median"], c["best"], c["median_cpu"]
+    print(f"\n## {c['target']}: old (frozen iDEM-only code) vs new (shared diffusion stack), "
+          f"{c['rounds']} interleaved rounds\n| part | old wall s (median; best) | new wall s "
+          "(median; best) | new / old: wall medians | paired wall ratios, median | wall bests | "
+          "CPU s old; new (medians) | new / old: CPU medians |\n|---|---|---|---|---|---|---|---|")
+    for part, label in (("sde", f"reverse SDE, {c['sde_steps']} steps, batch {c['batch_sde']}"),
+                        ("inner", f"one inner step, batch {c['batch_inner']}"),
+                        ("steps", f"{_FREE_SCORE_RUNS} x reverse SDE with a free score (all "
+                                  f"but the network), {c['sde_steps']} steps")):
+        o, n = part + "_old", part + "_new"
+        print(f"| {label} | {m[o]:.4f}; {b[o]:.4f} | {m[n]:.4f}; {b[n]:.4f} | "
+              f"{c['ratio'][part]:.3f} | {c['paired_ratio'][part]:.3f} | "
+              f"{c['best_ratio'][part]:.3f} | {mc[o]:.4f}; {mc[n]:.4f} | "
+              f"{c['cpu_ratio'][part]:.3f} |")
+    print(f"| outer iteration (extrapolated from the wall medians) | {c['outer_old_s']:.1f} | "
+          f"{c['outer_new_s']:.1f} | {c['ratio']['outer']:.3f} | | | | |")
+    per_step = 1e6 / (_FREE_SCORE_RUNS * c["sde_steps"])
+    print("free-score SDE, microseconds per step (median; best): old "
+          f"{m['steps_old'] * per_step:.1f}; {b['steps_old'] * per_step:.1f}, new "
+          f"{m['steps_new'] * per_step:.1f}; {b['steps_new'] * per_step:.1f}")
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-key median of numeric results over repeated measurements (other keys from the
     first); `outer_s_runs` keeps every run's total."""
@@ -256,6 +392,9 @@ def main() -> None:
                     help="measure each outer iteration this many times; medians are printed")
     ap.add_argument("--ablations", type=int, default=0, metavar="ROUNDS",
                     help="also time the exact reformulations on and off (interleaved rounds)")
+    ap.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
+                    help="only time the old iDEM schedule + SDE against the shared ones "
+                         "(interleaved rounds; --sde-steps steps)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -268,6 +407,17 @@ def main() -> None:
     print(f"# iDEM speed (torch {info['torch']}, {info['threads']} threads, float32); "
           f"load average before: {info['load_before']}; fused EGNN kernel: "
           + ("on" if kernel is not None else f"unavailable ({fused.build_error()})"))
+    if args.compare:
+        info["compare"] = [compare_old_new(name, args.compare, args.sde_steps)
+                           for name in args.targets.split(",")]
+        for c in info["compare"]:
+            print_comparison(c)
+        info["load_after"] = load()
+        print(f"\nload average after: {info['load_after']}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(info, f, indent=1)
+        return
     rates = machine_rates()
     info["rates"] = rates
     print(f"machine: sgemm {rates['gemm_gflops']:.0f} GFLOP/s at [8192x128]x[128x128], "

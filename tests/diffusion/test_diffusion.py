@@ -76,6 +76,30 @@ def test_schedule_is_the_marginal_of_its_sde(schedule) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=["vp", "ve"])
+def test_squared_diffusion_and_vectorised_times_keep_the_input_dtype(schedule) -> None:  # noqa: ANN001
+    t = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(schedule.diffusion_squared(t), schedule.diffusion(t) ** 2,
+                               rtol=1e-13, atol=0)
+    if isinstance(schedule, VESchedule):  # alpha = 1: g^2 = d sigma^2 / dt, by autograd
+        (d_var,) = torch.autograd.grad(schedule.sigma(t[1:]).square().sum(), t)
+        torch.testing.assert_close(schedule.diffusion_squared(t.detach())[1:], d_var[1:])
+    t32 = t.detach().float()
+    for fn in (schedule.sigma, schedule.alpha, schedule.drift, schedule.diffusion_squared):
+        out = fn(t32)
+        assert out.dtype == torch.float32 and out.shape == (5,)
+        torch.testing.assert_close(out.double(), fn(t.detach()), rtol=1e-6, atol=1e-6)
+    assert fn(0.5).dtype == torch.float64 and fn(torch.tensor(1)).dtype == torch.float64
+
+
+def test_ve_schedule_prior_std_and_validation() -> None:
+    ve = VESchedule(0.01, 2.0)
+    assert math.isclose(ve.prior_std, 0.01 * math.sqrt(200.0**2 - 1), rel_tol=1e-12)
+    for bad in [(1.0, 0.5), (0.0, 1.0), (1.0, 1.0)]:
+        with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+            VESchedule(*bad)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=["vp", "ve"])
 def test_transitions_compose_and_match_the_marginals(schedule) -> None:  # noqa: ANN001
     r, s, t = 0.1, 0.35, 0.8
     a_sr, v_sr = schedule.transition(r, s)

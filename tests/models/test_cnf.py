@@ -3,6 +3,7 @@ Hutchinson divergence, and importance sampling of a Gaussian."""
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -57,3 +58,31 @@ def test_fitted_flow_recovers_a_gaussian_and_its_normaliser():
     assert abs(report["nll"] - true_nll) < 0.15, (report, true_nll)
     assert abs(report["log_Z"] - math.log(2 * math.pi * 0.25)) < 0.1, report
     assert report["ess_fraction"] > 0.5, report
+
+
+def test_likelihood_report_with_the_exact_proposal_gives_ess_n_and_the_exact_log_Z():
+    """The target is the linear flow's own density times e^c: every log-weight equals c, so the
+    estimators give ESS = N and log Z = c; the broken variant (a target off by a quadratic term)
+    must lose ESS."""
+    from boltzkit.targets.base import Target
+
+    a = torch.tensor([[0.3, -0.2], [0.1, -0.4]], dtype=torch.float64)
+    inv = torch.linalg.matrix_exp(-a)
+
+    class Pushforward(Target):
+        def __init__(self, c, tilt):
+            super().__init__(2)
+            self.c, self.tilt = c, tilt
+
+        def _log_prob(self, x):
+            z = x @ inv.T
+            return (-0.5 * z.square().sum(-1) - math.log(2 * math.pi) - torch.trace(a) + self.c
+                    + self.tilt * x.square().sum(-1))
+
+    cnf = CNF(Linear(a), 2, config=CNFConfig(rtol=1e-10, atol=1e-10))
+    torch.manual_seed(2)
+    exact = likelihood_report(cnf, Pushforward(1.7, 0.0), n_samples=200)
+    assert exact["ess"] == pytest.approx(200, rel=1e-9) and exact["n_is"] == 200
+    assert exact["log_Z"] == pytest.approx(1.7, abs=1e-8) and exact["log_Z_se"] < 1e-6
+    broken = likelihood_report(cnf, Pushforward(1.7, 0.3), n_samples=200)
+    assert broken["ess_fraction"] < 0.9, broken

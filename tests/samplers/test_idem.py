@@ -1,23 +1,26 @@
-"""iDEM: the Monte Carlo score estimator against closed forms, the reverse SDE's weak order,
-clipping, the FIFO buffer, budgets, checkpoint/resume, presets, and an end-to-end GMM run."""
+"""iDEM: the Monte Carlo score estimator against closed forms, clipping, the FIFO buffer, the
+shared schedule and reverse SDE against the pre-refactor implementation (float64, same seed),
+budgets, checkpoint/resume, presets, and an end-to-end GMM run. The reverse SDE's weak order is
+tested in tests/diffusion/test_sde.py."""
 
 import math
 
 import pytest
 import torch
 
+from boltzkit.diffusion.schedules import VESchedule
+from boltzkit.diffusion.sde import reverse_sde
 from boltzkit.mc.noise import Particles, gaussian_noise, standard_normal
 from boltzkit.samplers import idem
 from boltzkit.samplers.idem.core import (
-    GeometricSchedule,
     _combine,
     buffer_init,
     buffer_push,
     buffer_sample,
     clip_norm,
     dem_loss,
+    loss_weight,
     mc_score,
-    reverse_sde,
 )
 from boltzkit.targets.base import Target
 
@@ -56,18 +59,7 @@ class PairWell(Target):
         return -(0.1 * (d - 2) ** 4 - 0.5 * (d - 2) ** 2).sum(-1)
 
 
-# ---- schedule, noise, clipping, loss ---------------------------------------------------------
-def test_geometric_schedule_values_and_derivative():
-    sch = GeometricSchedule(0.01, 2.0)
-    assert float(sch.sigma(0.0)) == 0.0
-    assert math.isclose(sch.prior_std, 0.01 * math.sqrt(200.0**2 - 1), rel_tol=1e-12)
-    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64, requires_grad=True)
-    (dvar,) = torch.autograd.grad(sch.sigma(t).square().sum(), t)
-    torch.testing.assert_close(sch.g2(t.detach()), dvar)
-    with pytest.raises(ValueError):
-        GeometricSchedule(1.0, 0.5)
-
-
+# ---- noise, clipping, loss ---------------------------------------------------------------
 def test_com_free_noise_has_unit_variance_per_degree_of_freedom():
     torch.manual_seed(0)
     p = Particles(4, 3)
@@ -206,37 +198,92 @@ def test_buffer_is_fifo_and_functional():
         buffer_sample(buf, 1)
 
 
-# ---- reverse SDE -----------------------------------------------------------------------------
-def _sde_variance_error(n_steps, noise_scale=1.0, n=20_000):
-    target = Gaussian(4, m=1.0, s2=0.25)
-    sch = GeometricSchedule(0.5, 4.0)
-    x1 = 1.0 + math.sqrt(0.25 + sch.prior_std**2) * torch.randn(n, 4, dtype=torch.float64)
-    x0 = reverse_sde(lambda x, t: target.noised_score(x, float(sch.sigma(t))), x1, sch, n_steps,
-                     noise_scale)
-    var = (x0 - 1.0).square().mean()
-    se = (x0 - 1.0).square().std() / math.sqrt(x0.numel())
-    return float(var - 0.25), float(se), float(x0.mean() - 1.0)
+# ---- the shared schedule and reverse SDE against the pre-refactor code -------------------------
+class _FrozenGeometricSchedule:
+    """Frozen copy of the removed `samplers.idem.core.GeometricSchedule` (commit 22b107a), kept
+    only here as the reference that the shared `VESchedule` + `diffusion.sde.reverse_sde` must
+    match."""
+
+    def __init__(self, sigma_min, sigma_max):
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.log_ratio = math.log(sigma_max / sigma_min)
+
+    def sigma(self, t):
+        t = t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float64)
+        return self.sigma_min * torch.sqrt(torch.expm1(2 * self.log_ratio * t))
+
+    def g2(self, t):
+        t = t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float64)
+        return 2 * self.log_ratio * self.sigma_min**2 * torch.exp(2 * self.log_ratio * t)
+
+    @property
+    def prior_std(self):
+        return float(self.sigma(1.0))
 
 
-def test_reverse_sde_with_exact_score_returns_the_gaussian_with_weak_order_one():
-    torch.manual_seed(4)
-    steps = [8, 16, 32, 64]
-    errs = [_sde_variance_error(n) for n in steps]
-    for err, se, mean_err in errs:
-        assert abs(err) > Z * se, "errors must dominate Monte Carlo noise for the slope"
-        assert abs(mean_err) < Z * 0.5 / math.sqrt(80_000)
-    slope = torch.linalg.lstsq(torch.tensor([[math.log(n), 1.0] for n in steps]),
-                               torch.tensor([abs(e) for e, _, _ in errs]).log()[:, None]
-                               ).solution[0].item()
-    assert -1.5 < slope < -0.75, (slope, errs)
-    assert abs(errs[-1][0]) < 0.015  # 0.0085 by the exact Euler-Maruyama variance recursion
+def _frozen_reverse_sde(score_fn, x1, schedule, n_steps, noise_scale=1.0, particles=None):
+    """Frozen copy of the removed `samplers.idem.core.reverse_sde` loop (commit 22b107a)."""
+    dt = 1.0 / n_steps
+    x = x1.clone()
+    for k in range(n_steps):
+        t = 1.0 - k * dt
+        g2 = float(schedule.g2(t))
+        drift = score_fn(x, t)
+        z = gaussian_noise(tuple(x.shape), x, particles)
+        x = x + (g2 * dt) * drift + (noise_scale * math.sqrt(g2 * dt)) * z
+    return particles.center(x) if particles is not None else x
 
 
-def test_damped_noise_sde_does_not_converge_to_the_target():
-    """Broken variant for the test above: the noise_scale < 1 heuristic shrinks the law."""
-    torch.manual_seed(5)
-    err, se, _ = _sde_variance_error(64, noise_scale=0.9)
-    assert err < -0.02 and abs(err) > Z * se, (err, se)
+# Values printed by the pre-refactor code (commit 22b107a) for the run in the test below.
+_OLD_SDE_ROW0 = [-1.34965555928885483, -0.43177872922873595, 0.01332856057003558,
+                 0.91548763607036610]
+
+
+def test_shared_reverse_sde_reproduces_the_old_idem_loop_in_float64():
+    """Same seed, float64: the shared VE schedule and reverse SDE give the old samples to 1e-10,
+    with COM-free noise and damping; the score function draws random numbers (as S_K does), so
+    the order of RNG use is checked too."""
+    p = Particles(4, 2)
+    runs = []
+    for sch, sde in [(_FrozenGeometricSchedule(0.01, 2.0), _frozen_reverse_sde),
+                     (VESchedule(0.01, 2.0), reverse_sde)]:
+        torch.manual_seed(3)
+        x1 = sch.prior_std * torch.randn(5, 8, dtype=torch.float64)
+        runs.append(sde(lambda x, t, s=sch: -x / (1 + float(s.sigma(t)) ** 2), x1, sch, 7,
+                        noise_scale=0.9, particles=p))
+        torch.manual_seed(4)
+        x1 = torch.randn(6, 3, dtype=torch.float64)
+        runs.append(sde(lambda x, t: -x + 0.1 * torch.randn_like(x), x1, sch, 13))
+    torch.testing.assert_close(runs[0][0, :4], torch.tensor(_OLD_SDE_ROW0, dtype=torch.float64),
+                               rtol=0, atol=1e-15)
+    for old, new in [(runs[0], runs[2]), (runs[1], runs[3])]:
+        assert old.abs().max() > 0.1
+        torch.testing.assert_close(new, old, rtol=0, atol=1e-10)
+    t = torch.rand(100, dtype=torch.float32)
+    old_sch, new_sch = _FrozenGeometricSchedule(1e-5, 3.0), VESchedule(1e-5, 3.0)
+    assert torch.equal(new_sch.sigma(t), old_sch.sigma(t))  # float32 stays float32, same bits
+    assert torch.equal(loss_weight(new_sch, t, "sigma2"), loss_weight(old_sch, t, "sigma2"))
+    assert new_sch.prior_std == old_sch.prior_std
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(init_buffer="estimator", noise_scale=0.9),
+                                     dict(network="mlp", init_buffer="prior")],
+                         ids=["egnn", "estimator-buffer", "mlp"])
+def test_idem_run_reproduces_the_old_schedule_and_sde_in_float64(variant, monkeypatch):
+    """A whole float64 run (training on generated buffers, then sampling) with the shared
+    schedule and SDE equals the same run with the frozen pre-refactor ones, to 1e-10."""
+    runs = []
+    for frozen in (True, False):
+        with monkeypatch.context() as m:
+            if frozen:
+                m.setattr(idem, "VESchedule", _FrozenGeometricSchedule)
+                m.setattr(idem, "reverse_sde", _frozen_reverse_sde)
+            torch.manual_seed(11)
+            runs.append(idem.sample(PairWell(), _tiny(dtype="float64", **variant), n_samples=6))
+    assert runs[0].samples.abs().mean() > 0.1
+    torch.testing.assert_close(runs[1].samples, runs[0].samples, rtol=0, atol=1e-10)
+    assert runs[1].diagnostics["loss_trace"] == pytest.approx(
+        runs[0].diagnostics["loss_trace"], rel=1e-10)
 
 
 # ---- presets ---------------------------------------------------------------------------------

@@ -98,18 +98,41 @@ class FirstOrder:
         return gaussian_move(*self.mean_and_var(x, src, dst))
 
 
+def euler_maruyama_step(x: Tensor, score: Tensor, schedule: Any, t: float,
+                        s: float) -> tuple[Tensor, float]:
+    """Mean and variance of one Euler-Maruyama step of the reverse SDE
+    dx = (f x - g^2 score) dt + g dW, backwards from t to s < t, f and g at t:
+
+    x_s ~ N(x_t + h (g^2 score - f x_t), g^2 h I), h = t - s (weak order 1 in h).
+
+    The one step behind the `EulerMaruyama` SMC proposal and `boltzkit.diffusion.sde`.
+
+    Args:
+        x: states at time t `[..., d]`.
+        score: grad log p_t(x) `[..., d]`.
+        schedule: anything with `drift(t)` and `diffusion_squared(t)` (a `Schedule`).
+        t: the current (noisier) time.
+        s: the time stepped to.
+
+    Reference: Song et al. 2021, arXiv 2011.13456, eq. (6).
+    """
+    h = t - s
+    f, g2 = float(schedule.drift(t)), float(schedule.diffusion_squared(t))
+    return x + h * (g2 * score - f * x), g2 * h
+
+
 @dataclass(frozen=True)
 class EulerMaruyama:
     """One Euler-Maruyama step of the reverse SDE dx = (f x - g^2 score) dt + g dW, backwards
-    from t to s: x_s = x_t + h (g^2 score - f x_t) + g sqrt(h) z, f, g at t."""
+    from t to s: x_s = x_t + h (g^2 score - f x_t) + g sqrt(h) z, f, g at t
+    (`euler_maruyama_step`)."""
 
     deterministic: ClassVar[bool] = False
 
     def mean_and_var(self, x: Tensor, src: Any, dst: Any) -> tuple[Tensor, float]:
         """The proposal N(mean, var I)."""
-        schedule, h = src.model.schedule, src.t - dst.t
-        f, g = float(schedule.drift(src.t)), float(schedule.diffusion(src.t))
-        return x + h * (g**2 * src.model.score(x, src.t) - f * x), g**2 * h
+        return euler_maruyama_step(x, src.model.score(x, src.t), src.model.schedule, src.t,
+                                   dst.t)
 
     def propose(self, x: Tensor, src: Any, dst: Any) -> Move:
         return gaussian_move(*self.mean_and_var(x, src, dst))

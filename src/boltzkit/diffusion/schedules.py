@@ -13,7 +13,11 @@ lambda_t = log(alpha_t^2 / sigma_t^2), decreasing in t.
 - `VESchedule`: variance exploding, geometric in the iDEM form
   sigma_t = sigma_min sqrt(r^(2t) - 1), r = sigma_max / sigma_min, alpha_t = 1, so that
   sigma_0 = 0 exactly (t = 0 is the data) and sigma_1 ~ sigma_max; f = 0,
-  g^2 = d sigma^2/dt = 2 log(r) sigma_min^2 r^(2t) (../shared/REFERENCE.md, iDEM settings).
+  g^2 = d sigma^2/dt = 2 log(r) sigma_min^2 r^(2t) (../shared/REFERENCE.md, iDEM settings;
+  Song et al. 2021 use sigma_min r^t, which differs near t = 0). iDEM trains and samples on it.
+
+Times are Python floats (computed in float64) or floating tensors of any shape, whose dtype and
+device the results keep (float32 training batches stay float32).
 
 Time grids run from t_max down to 0: `n_steps` noised levels from t_max to t_min inclusive, then
 t = 0, where an annealed sampler places the exact target; "uniform" is uniform in t, "log_snr"
@@ -43,6 +47,8 @@ GridKind = Literal["uniform", "log_snr", "edm"]
 
 
 def _t(t: float | Tensor) -> Tensor:
+    if isinstance(t, Tensor) and t.is_floating_point():
+        return t
     return torch.as_tensor(t, dtype=torch.float64)
 
 
@@ -58,6 +64,8 @@ class Schedule(Protocol):
     def drift(self, t: float | Tensor) -> Tensor: ...
 
     def diffusion(self, t: float | Tensor) -> Tensor: ...
+
+    def diffusion_squared(self, t: float | Tensor) -> Tensor: ...
 
     def transition(self, s: float | Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]: ...
 
@@ -103,6 +111,10 @@ class VPSchedule:
         """g(t), the diffusion coefficient of the forward SDE."""
         return torch.sqrt(self.beta(t))
 
+    def diffusion_squared(self, t: float | Tensor) -> Tensor:
+        """g(t)^2 = beta(t)."""
+        return self.beta(t)
+
     def transition(self, s: float | Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
         """(alpha_{t|s}, sigma_{t|s}^2) for s <= t; sigma^2_{t|s} = 1 - alpha^2_{t|s} here,
         computed with expm1 so that close times keep their precision."""
@@ -127,6 +139,10 @@ class VPSchedule:
 class VESchedule:
     """Variance-exploding geometric schedule sigma_t = sigma_min sqrt(r^(2t) - 1) (iDEM form).
 
+    Forward SDE dx = g(t) dW, g(t)^2 = d sigma_t^2 / dt = 2 log(r) sigma_min^2 r^(2t), so
+    x_t = x_0 + sigma_t eps; the reverse SDE starts from N(0, sigma_{t_max}^2 I) (`prior_std`).
+    Reference: Akhound-Sadegh et al. 2024, arXiv 2402.06121 (the iDEM code's schedule).
+
     >>> ve = VESchedule(sigma_min=0.01, sigma_max=10.0)
     >>> float(ve.sigma(0.0)), round(float(ve.sigma(1.0)), 4)
     (0.0, 10.0)
@@ -137,9 +153,19 @@ class VESchedule:
     t_max: float = 1.0
     name: str = "ve"
 
+    def __post_init__(self) -> None:
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, "
+                             f"{self.sigma_max}")
+
     @property
     def log_r(self) -> float:
         return math.log(self.sigma_max / self.sigma_min)
+
+    @property
+    def prior_std(self) -> float:
+        """sigma(t_max), the standard deviation of the reverse SDE's starting distribution."""
+        return float(self.sigma(self.t_max))
 
     def alpha(self, t: float | Tensor) -> Tensor:
         return torch.ones_like(_t(t))
@@ -152,6 +178,10 @@ class VESchedule:
 
     def diffusion(self, t: float | Tensor) -> Tensor:
         return self.sigma_min * torch.sqrt(2 * self.log_r * torch.exp(2 * self.log_r * _t(t)))
+
+    def diffusion_squared(self, t: float | Tensor) -> Tensor:
+        """g(t)^2 = 2 log(r) sigma_min^2 r^(2t), computed without a square root."""
+        return 2 * self.log_r * self.sigma_min**2 * torch.exp(2 * self.log_r * _t(t))
 
     def transition(self, s: float | Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
         """(1, sigma_t^2 - sigma_s^2) = (1, sigma_min^2 r^(2s) (r^(2(t-s)) - 1))."""

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from boltzkit.mc import estimators
 from boltzkit.mc.noise import Particles, gaussian_noise
 
 
@@ -155,18 +156,17 @@ def likelihood_report(cnf: CNF, target: Any, reference: Tensor | None = None,
                       n_samples: int = 1000) -> dict[str, float]:
     """NLL of `reference` under the CNF (mean -log q, nats), and self-normalised importance
     sampling of the target with the CNF as proposal: log w = log gamma(x) - log q(x),
-    Kish ESS = exp(2 LSE(log w) - LSE(2 log w)), log Z = LSE(log w) - log N. Target evaluations
-    are not charged to any sampler budget (`target.uncounted()`)."""
+    Kish ESS = exp(2 LSE(log w) - LSE(2 log w)), log Z = LSE(log w) - log N with its delta-method
+    standard error, all from `boltzkit.mc.estimators.weight_summary` (float64; NaN or +inf
+    log-weights count as zero weight, with a warning). Target evaluations are not charged to
+    any sampler budget (`target.uncounted()`)."""
     free = target.uncounted() if hasattr(target, "uncounted") else target
     out: dict[str, float] = {}
     dtype = reference.dtype if reference is not None else torch.float64
     if reference is not None:
         out["nll"] = float(-cnf.log_prob(reference).mean())
     x = cnf.sample(n_samples, dtype=dtype)
-    log_w = (free.log_prob(x) - cnf.log_prob(x)).to(torch.float64)
-    log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
-    lse = torch.logsumexp(log_w, 0)
-    ess = float(torch.exp(2 * lse - torch.logsumexp(2 * log_w, 0)))
-    out.update(ess=ess, ess_fraction=ess / n_samples, n_is=n_samples,
-               log_Z=float(lse - math.log(n_samples)))
+    weights = estimators.weight_summary(free.log_prob(x) - cnf.log_prob(x))
+    out.update(ess=weights["ess"], ess_fraction=weights["ess_fraction"], n_is=n_samples,
+               log_Z=weights["log_Z"], log_Z_se=weights["log_Z_se"])
     return out

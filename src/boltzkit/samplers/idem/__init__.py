@@ -4,7 +4,8 @@ A diffusion sampler trained from the energy and its gradient alone. Outer loop: 
 from the reverse SDE driven by the network and push them into a FIFO buffer. Inner loop: Adam
 steps on lambda(t) |s_theta(x_t, t) - clip(S_K(x_t, t))|^2 with x_t = x_0 + sigma(t) eps, x_0
 from the buffer (pDEM: from the prior) and S_K the Monte Carlo estimate of the noised target's
-score (`idem_core.mc_score`).
+score (`core.mc_score`); the VE schedule and the reverse SDE are the diffusion layer's
+(`boltzkit.diffusion.schedules.VESchedule`, `boltzkit.diffusion.sde.reverse_sde`).
 
 Conventions that differ from the paper's text (they follow its code): the LJ energy counts
 ordered pairs (see REFERENCE.md); the GMM run works in coordinates divided by 50 (`scale`).
@@ -28,21 +29,20 @@ from torch import Tensor, nn
 from boltzkit.core import presets
 from boltzkit.core.config import to_dict
 from boltzkit.core.errors import UsageError
+from boltzkit.diffusion.schedules import VESchedule
+from boltzkit.diffusion.sde import reverse_sde
+from boltzkit.mc.noise import Particles, gaussian_noise
 from boltzkit.models.egnn import EGNN
 from boltzkit.samplers import Callback, SampleResult, null_callback
 from boltzkit.samplers.idem.core import (
     FifoBuffer,
-    GeometricSchedule,
-    Particles,
     buffer_init,
     buffer_push,
     buffer_sample,
     clip_norm,
     dem_loss,
-    gaussian_noise,
     loss_weight,
     mc_score,
-    reverse_sde,
 )
 from boltzkit.samplers.idem.run import CHECKPOINT, CountingEvaluator, OutOfBudget
 from boltzkit.samplers.run import Run, require
@@ -189,7 +189,7 @@ class _Training:
         self.dtype = getattr(torch, config.dtype)
         self.particles = (Particles(target.n_particles, target.spatial_dim)
                           if target.is_particle_system else None)
-        self.schedule = GeometricSchedule(config.sigma_min, config.sigma_max)
+        self.schedule = VESchedule(config.sigma_min, config.sigma_max)
         self.net = build_network(config, target).to(self.dtype)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.ema = copy.deepcopy(self.net) if config.ema_decay is not None else None
@@ -282,7 +282,7 @@ class _Training:
         net = self.ema if self.ema is not None else self.net
         start = time.perf_counter()
         out = [reverse_sde(net, self.prior(min(c.n_generate, n - i)), self.schedule,
-                           c.n_sde_steps, c.noise_scale, self.particles)
+                           c.n_sde_steps, noise_scale=c.noise_scale, particles=self.particles)
                for i in range(0, n, c.n_generate)]
         self.seconds["sde"] += time.perf_counter() - start
         return torch.cat(out) if out else torch.empty(0, self.target.dim, dtype=self.dtype)
@@ -309,8 +309,8 @@ class _Training:
             return self.clip(est.score)
 
         start = time.perf_counter()
-        x = reverse_sde(score, self.prior(n), self.schedule, c.n_sde_steps, c.noise_scale,
-                        self.particles)
+        x = reverse_sde(score, self.prior(n), self.schedule, c.n_sde_steps,
+                        noise_scale=c.noise_scale, particles=self.particles)
         self.seconds["estimator"] += time.perf_counter() - start
         return x
 

@@ -1,6 +1,8 @@
-"""The pieces of iDEM (Akhound-Sadegh et al. 2024, arXiv 2402.06121), each testable alone: the
-variance-exploding geometric schedule, the Monte Carlo score estimator S_K, score clipping, the
-FIFO replay buffer, the reverse-SDE Euler-Maruyama sampler and the DEM loss.
+"""The pieces of iDEM (Akhound-Sadegh et al. 2024, arXiv 2402.06121) that are its own, each
+testable alone: the Monte Carlo score estimator S_K, score clipping, the FIFO replay buffer and
+the DEM loss. The noise schedule (`boltzkit.diffusion.schedules.VESchedule`), the reverse SDE
+(`boltzkit.diffusion.sde.reverse_sde`) and the COM-free noise (`boltzkit.mc.noise`) are the
+shared diffusion and Monte Carlo layers'.
 
 Particle systems are handled through `Particles` (n_particles, spatial_dim): noise is drawn in
 the centre-of-mass-free subspace and outputs are projected onto it.
@@ -10,58 +12,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from boltzkit.diffusion.schedules import Schedule
 from boltzkit.mc.noise import Particles, gaussian_noise
 
 LogProbAndScore = Callable[[Tensor], tuple[Tensor, Tensor]]
-ScoreFn = Callable[[Tensor, float], Tensor]
-
-
-# ---- noise schedule --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GeometricSchedule:
-    """Variance-exploding geometric schedule of the iDEM code:
-
-    sigma(t) = sigma_min sqrt(r^(2t) - 1), r = sigma_max / sigma_min, t in [0, 1];
-    the forward SDE dx = g(t) dW with g(t)^2 = d sigma^2 / dt = 2 log(r) sigma_min^2 r^(2t),
-    so x_t = x_0 + sigma(t) eps. (Song et al. 2021 use sigma_min r^t, which differs near t = 0.)
-    """
-
-    sigma_min: float
-    sigma_max: float
-
-    def __post_init__(self) -> None:
-        if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, "
-                             f"{self.sigma_max}")
-
-    @property
-    def log_ratio(self) -> float:
-        return math.log(self.sigma_max / self.sigma_min)
-
-    def sigma(self, t: Tensor | float) -> Tensor:
-        """Noise level sigma(t) (same shape as t; float64 for a Python float)."""
-        t = _as_time(t)
-        return self.sigma_min * torch.sqrt(torch.expm1(2 * self.log_ratio * t))
-
-    def g2(self, t: Tensor | float) -> Tensor:
-        """Squared diffusion coefficient g(t)^2 = d sigma(t)^2 / dt."""
-        t = _as_time(t)
-        return 2 * self.log_ratio * self.sigma_min**2 * torch.exp(2 * self.log_ratio * t)
-
-    @property
-    def prior_std(self) -> float:
-        """sigma(1), the standard deviation of the reverse SDE's starting distribution."""
-        return float(self.sigma(1.0))
-
-
-def _as_time(t: Tensor | float) -> Tensor:
-    return t if isinstance(t, Tensor) else torch.tensor(t, dtype=torch.float64)
 
 
 # ---- Monte Carlo score estimator -------------------------------------------------------------
@@ -186,36 +145,8 @@ def buffer_sample(buffer: FifoBuffer, n: int) -> Tensor:
     return buffer.data[idx]
 
 
-# ---- reverse SDE -----------------------------------------------------------------------------
-def reverse_sde(score_fn: ScoreFn, x1: Tensor, schedule: GeometricSchedule, n_steps: int,
-                noise_scale: float = 1.0, particles: Particles | None = None) -> Tensor:
-    """Euler-Maruyama integration of the reverse-time SDE from t = 1 to t = 0.
-
-    x_{t - dt} = x_t + g(t)^2 s(x_t, t) dt + noise_scale g(t) sqrt(dt) z, z ~ N(0, I),
-    with t_k = 1 - k / n_steps. `noise_scale` < 1 is the iDEM configs' heuristic damping of the
-    noise (1 is the exact reverse SDE); weak order 1 in dt.
-
-    Args:
-        score_fn: (x `[B, dim]`, t float) -> score `[B, dim]`.
-        x1: starting points `[B, dim]` (e.g. N(0, sigma(1)^2 I)).
-        schedule: the noise schedule.
-        n_steps: number of Euler-Maruyama steps.
-        noise_scale: multiplies the diffusion term.
-        particles: project noise and state onto the COM-free subspace.
-    """
-    dt = 1.0 / n_steps
-    x = x1.clone()
-    for k in range(n_steps):
-        t = 1.0 - k * dt
-        g2 = float(schedule.g2(t))
-        drift = score_fn(x, t)
-        z = gaussian_noise(tuple(x.shape), x, particles)
-        x = x + (g2 * dt) * drift + (noise_scale * math.sqrt(g2 * dt)) * z
-    return particles.center(x) if particles is not None else x
-
-
 # ---- DEM loss --------------------------------------------------------------------------------
-def loss_weight(schedule: GeometricSchedule, t: Tensor, kind: str, eps: float = 1e-3) -> Tensor:
+def loss_weight(schedule: Schedule, t: Tensor, kind: str, eps: float = 1e-3) -> Tensor:
     """lambda(t): "sigma2" = sigma(t)^2 + eps (the iDEM GMM setting), "one" = 1."""
     if kind == "sigma2":
         return schedule.sigma(t).square() + eps
