@@ -170,8 +170,9 @@ def train_dsm(target: Target, schedule: Schedule, config: DSMConfig = DSMConfig(
     lam_lo = float(schedule.log_snr(schedule.t_max))
     losses = []
     for _ in range(config.n_steps):
-        x0 = data[torch.randint(len(data), (config.batch_size,))]
-        lam = lam_lo + (lam_hi - lam_lo) * torch.rand(config.batch_size, dtype=torch.float64)
+        x0 = data[torch.randint(len(data), (config.batch_size,), device=data.device)]
+        lam = lam_lo + (lam_hi - lam_lo) * torch.rand(config.batch_size, dtype=torch.float64,
+                                                      device=data.device)
         t = schedule.time_of_log_snr(lam)
         alpha, sigma = schedule.alpha(t).float(), schedule.sigma(t).float()
         eps = torch.randn_like(x0)

@@ -49,7 +49,8 @@ GridKind = Literal["uniform", "log_snr", "edm"]
 def _t(t: float | Tensor) -> Tensor:
     if isinstance(t, Tensor) and t.is_floating_point():
         return t
-    return torch.as_tensor(t, dtype=torch.float64)
+    # a time given as a number is a host scalar (it broadcasts against any device)
+    return torch.as_tensor(t, dtype=torch.float64, device="cpu")
 
 
 class Schedule(Protocol):

@@ -44,11 +44,14 @@ class Particles:
 def _com_free_basis(n: int, d: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     # Helmert rows h_k = (1, .., 1, -k, 0, ..) / sqrt(k (k + 1)), k = 1..n-1: orthonormal and
     # orthogonal to (1, .., 1); Kronecker with I_d for particle-major coordinates.
-    k = torch.arange(1, n, dtype=torch.float64)
-    h = torch.tril(torch.ones(n - 1, n, dtype=torch.float64))
-    h[torch.arange(n - 1), torch.arange(1, n)] = -k
+    # built on the host, then moved: a cached constant
+    cpu = torch.device("cpu")
+    k = torch.arange(1, n, dtype=torch.float64, device=cpu)
+    h = torch.tril(torch.ones(n - 1, n, dtype=torch.float64, device=cpu))
+    h[torch.arange(n - 1, device=cpu), torch.arange(1, n, device=cpu)] = -k
     h = h / torch.sqrt(k * (k + 1)).unsqueeze(1)
-    return torch.kron(h, torch.eye(d, dtype=torch.float64)).to(dtype=dtype, device=device)
+    return torch.kron(h, torch.eye(d, dtype=torch.float64, device=cpu)).to(dtype=dtype,
+                                                                        device=device)
 
 
 _PARALLEL_MIN = 1 << 20  # numbers; below this one generator is faster than a thread pool
@@ -65,7 +68,7 @@ def standard_normal(shape: tuple[int, ...], like: Tensor) -> Tensor:
     out = torch.empty(shape, dtype=like.dtype, device=like.device)
     if out.numel() < _PARALLEL_MIN or out.device.type != "cpu":
         return out.normal_()
-    seeds = torch.randint(0, 2**62, (_N_STREAMS,)).tolist()
+    seeds = torch.randint(0, 2**62, (_N_STREAMS,), device="cpu").tolist()
     parts = out.view(-1).chunk(_N_STREAMS)
 
     def fill(i: int) -> None:

@@ -73,8 +73,10 @@ class CNF(nn.Module):
         """n samples `[n, dim]` (ODE from t = 0 to 1)."""
         from torchdiffeq import odeint
 
-        z = gaussian_noise((n, self.dim), torch.empty(0, dtype=dtype), self.particles)
-        ts = torch.tensor([0.0, 1.0], dtype=dtype)
+        device = next(self.field.parameters(), torch.empty(0, device="cpu")).device
+        z = gaussian_noise((n, self.dim), torch.empty(0, dtype=dtype, device=device),
+                           self.particles)
+        ts = torch.tensor([0.0, 1.0], dtype=dtype, device=device)
         y = odeint(lambda t, y: self.field(y, t), z, ts, method="dopri5",
                    rtol=self.config.rtol, atol=self.config.atol)[-1]
         return self.scale * y
@@ -145,7 +147,7 @@ def fit(samples: Tensor, config: CNFConfig | None = None,
     data = samples / scale
     opt = torch.optim.Adam(field.parameters(), lr=config.lr)
     for _ in range(config.n_steps):
-        idx = torch.randint(len(data), (min(config.batch_size, len(data)),))
+        idx = torch.randint(len(data), (min(config.batch_size, len(data)),), device=data.device)
         opt.zero_grad(set_to_none=True)
         flow_matching_loss(field, data[idx], particles).backward()
         opt.step()

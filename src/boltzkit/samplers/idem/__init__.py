@@ -100,6 +100,7 @@ class Config:
     fused_egnn: bool = True
     checkpoint_every: int = 10
     dtype: Literal["float32", "float64"] = "float32"
+    device: str = "cpu"  # where the network and samples live; the target must be there
 
 
 PRESET_FILE = "idem"  # boltzkit/presets/idem.toml
@@ -187,14 +188,16 @@ class _Training:
                  callback: Callback = null_callback) -> None:
         self.config, self.target = config, target
         self.dtype = getattr(torch, config.dtype)
+        self.device = torch.device(config.device)
+        self.like = torch.empty(0, dtype=self.dtype, device=self.device)
         self.particles = (Particles(target.n_particles, target.spatial_dim)
                           if target.is_particle_system else None)
         self.schedule = VESchedule(config.sigma_min, config.sigma_max)
-        self.net = build_network(config, target).to(self.dtype)
+        with self.device:  # parameters and buffers (edge lists) are made there
+            self.net = build_network(config, target).to(dtype=self.dtype)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.ema = copy.deepcopy(self.net) if config.ema_decay is not None else None
-        self.buffer: FifoBuffer = buffer_init(target.dim, config.buffer_size,
-                                              torch.empty(0, dtype=self.dtype))
+        self.buffer: FifoBuffer = buffer_init(target.dim, config.buffer_size, self.like)
         self.run = Run(target, budget=budget, run_dir=run_dir,
                        checkpoint_every=config.checkpoint_every, checkpoint_name=CHECKPOINT,
                        callback=callback)
@@ -229,7 +232,7 @@ class _Training:
         self.run.check(c.batch_size * c.n_mc)
         x0 = (self.prior(c.batch_size) if c.training_points == "prior"
               else buffer_sample(self.buffer, c.batch_size))
-        t = torch.rand(c.batch_size, dtype=self.dtype)
+        t = torch.rand(c.batch_size, dtype=self.dtype, device=self.device)
         sigma = self.schedule.sigma(t)
         xt = x0 + sigma.unsqueeze(1) * gaussian_noise(tuple(x0.shape), x0, self.particles)
         start = time.perf_counter()
@@ -270,8 +273,7 @@ class _Training:
         return clip_norm(score, self.config.clip_score, self.particles, per_particle)
 
     def prior(self, n: int) -> Tensor:
-        eps = gaussian_noise((n, self.target.dim), torch.empty(0, dtype=self.dtype),
-                             self.particles)
+        eps = gaussian_noise((n, self.target.dim), self.like, self.particles)
         return self.schedule.prior_std * eps
 
     @torch.no_grad()
@@ -285,7 +287,7 @@ class _Training:
                            c.n_sde_steps, noise_scale=c.noise_scale, particles=self.particles)
                for i in range(0, n, c.n_generate)]
         self.seconds["sde"] += time.perf_counter() - start
-        return torch.cat(out) if out else torch.empty(0, self.target.dim, dtype=self.dtype)
+        return torch.cat(out) if out else self.like.new_empty(0, self.target.dim)
 
     def fill_initial_buffer(self) -> None:
         c = self.config
@@ -353,7 +355,7 @@ class _Training:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.buffer = FifoBuffer(state["buffer"].to(self.dtype), self.config.buffer_size)
+        self.buffer = FifoBuffer(state["buffer"].to(self.like), self.config.buffer_size)
         self.iteration = self.resumed_from = state["iteration"]
         self.traces, self.seconds = state["traces"], state["seconds"]
         self.wall_before = state.get("wall_seconds", sum(self.seconds.values()))
