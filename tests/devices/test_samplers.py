@@ -1,6 +1,6 @@
-"""The samplers mala, pt, smc, flow, trade and idem run where their config's `device` says, on a target
-moved there by `Target.to`: every tensor of the result lives on that device, and none is created
-on a default device along the way (see `strict`)."""
+"""The samplers mala, pt, smc, flow, trade and idem run where their config's `device` says, on a
+target moved there by `Target.to`: every tensor of the result lives on that device, and none is
+created on a default device along the way (see `strict`)."""
 
 from __future__ import annotations
 
