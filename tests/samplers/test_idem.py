@@ -3,11 +3,13 @@ shared schedule and reverse SDE against the pre-refactor implementation (float64
 budgets, checkpoint/resume, presets, and an end-to-end GMM run. The reverse SDE's weak order is
 tested in tests/diffusion/test_sde.py."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
+from boltzkit.core.errors import UsageError
 from boltzkit.diffusion.schedules import VESchedule
 from boltzkit.diffusion.sde import reverse_sde
 from boltzkit.mc.noise import Particles, gaussian_noise, standard_normal
@@ -419,3 +421,27 @@ def test_fused_generation_gives_the_same_run_in_float64():
         runs.append(idem.sample(PairWell(), cfg, n_samples=5).samples)
     assert runs[0].abs().mean() > 0.1
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-8, atol=1e-10)
+
+
+def test_ode_correction_returns_importance_weights_with_their_cost_counted() -> None:
+    """correction="ode": samples of the probability-flow ODE with log w = log gamma - log q;
+    LSE(log_w) - log n is the returned log Z, and the weights cost n_samples evaluations."""
+    from boltzkit.targets import get
+
+    torch.manual_seed(0)
+    target = get("two-modes", d=2)
+    cfg = idem.Config(network="mlp", hidden=16, n_layers=2, n_outer=2, n_inner=3,
+                      batch_size=16, n_mc=8, n_generate=64, n_sde_steps=10, buffer_size=64,
+                      n_init=32, sigma_min=0.01, sigma_max=3.0, checkpoint_every=0,
+                      dtype="float64", correction="ode", ode_tolerance=1e-4)
+    res = idem.sample(target, cfg, n_samples=64, budget=None)
+    assert res.samples.shape == (64, 2) and res.log_w.shape == (64,)
+    assert res.log_w.dtype == torch.float64 and torch.isfinite(res.log_w).all()
+    assert abs(float(torch.logsumexp(res.log_w, 0)) - math.log(64) - res.log_Z) < 1e-9
+    assert 0 < res.diagnostics["ess_fraction"] <= 1
+    plain = idem.sample(target, dataclasses.replace(cfg, correction="none"), n_samples=64,
+                        budget=None)
+    assert res.counts["n_energy"] - plain.counts["n_energy"] == 64  # the weights' cost
+    budget = res.counts["n_energy"]
+    with pytest.raises(UsageError, match="weights"):
+        idem.sample(target, cfg, n_samples=10**6, budget=budget)

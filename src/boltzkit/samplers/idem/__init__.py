@@ -44,6 +44,7 @@ from boltzkit.samplers.idem.core import (
     loss_weight,
     mc_score,
 )
+from boltzkit.samplers.idem.exact import weighted_samples
 from boltzkit.samplers.idem.run import CHECKPOINT, CountingEvaluator, OutOfBudget
 from boltzkit.samplers.run import Run, require
 from boltzkit.targets.base import Target
@@ -101,6 +102,10 @@ class Config:
     checkpoint_every: int = 10
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"  # where the network and samples live; the target must be there
+    # "ode": return samples of the probability-flow ODE with importance weights (exact log q;
+    # `boltzkit.samplers.idem.exact`), costing n_samples energy evaluations; "none": the SDE's
+    correction: Literal["none", "ode"] = "none"
+    ode_tolerance: float = 1e-5
 
 
 PRESET_FILE = "idem"  # boltzkit/presets/idem.toml
@@ -157,7 +162,11 @@ def sample(target: Target, config: Config, *, n_samples: int, budget: int | None
     inner = config.batch_size * config.n_mc
     require(budget, inner, f"one inner training step of iDEM (batch_size {config.batch_size} x "
             f"n_mc {config.n_mc}); an outer iteration costs {inner * config.n_inner:,}")
-    training = _Training(target, config, budget, run_dir, callback=callback)
+    reserve = n_samples if config.correction == "ode" else 0
+    if config.correction == "ode":
+        require(budget, inner + reserve, f"one inner training step of iDEM and the weights of "
+                f"the {n_samples} returned samples")
+    training = _Training(target, config, budget, run_dir, callback=callback, reserve=reserve)
     run = training.run
     if resume:
         training.restore()
@@ -176,16 +185,25 @@ def sample(target: Target, config: Config, *, n_samples: int, budget: int | None
                 f"{training.iteration} (one inner step costs {step:,}, an outer iteration "
                 f"{step * config.n_inner:,})")
     training.save()
+    diagnostics = training.diagnostics()
+    if config.correction == "ode":
+        net = training.ema if training.ema is not None else training.net
+        weighted = weighted_samples(net, target, training.schedule, training.particles,
+                                    n_samples, scale=config.scale, like=training.like,
+                                    batch=config.n_generate, tolerance=config.ode_tolerance)
+        run.end()
+        return SampleResult(weighted.samples, weighted.log_w, weighted.log_Z,
+                            {**diagnostics, **weighted.diagnostics}, run.spent)
     samples = training.generate(n_samples) * config.scale
     run.end()
-    return SampleResult(samples.detach(), None, None, training.diagnostics(), run.spent)
+    return SampleResult(samples.detach(), None, None, diagnostics, run.spent)
 
 
 class _Training:
     """The mutable state of one iDEM run (network, optimizer, buffer, counters, traces)."""
 
     def __init__(self, target: Target, config: Config, budget: int | None, run_dir: Any, *,
-                 callback: Callback = null_callback) -> None:
+                 callback: Callback = null_callback, reserve: int = 0) -> None:
         self.config, self.target = config, target
         self.dtype = getattr(torch, config.dtype)
         self.device = torch.device(config.device)
@@ -198,7 +216,7 @@ class _Training:
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.ema = copy.deepcopy(self.net) if config.ema_decay is not None else None
         self.buffer: FifoBuffer = buffer_init(target.dim, config.buffer_size, self.like)
-        self.run = Run(target, budget=budget, run_dir=run_dir,
+        self.run = Run(target, budget=budget, reserve=reserve, run_dir=run_dir,
                        checkpoint_every=config.checkpoint_every, checkpoint_name=CHECKPOINT,
                        callback=callback)
         self.evaluate = CountingEvaluator(self.run, config.scale)
