@@ -47,3 +47,9 @@ def test_positive_lennard_jones_energies_are_flagged() -> None:
     assert any("above 0" in w for w in sanity.warnings_for({}, exploded, None, 0.0))
     bound = torch.full((50,), -40.0, dtype=torch.float64)
     assert sanity.warnings_for({}, bound, None, 0.0) == []
+
+
+def test_warnings_on_weighted_samples_say_they_concern_the_proposals() -> None:
+    metrics = {"energy_w2": 5.0, "energy_w2_floor": 0.1, "ess_fraction": 0.2}
+    (warning,) = sanity.warnings_for(metrics, torch.zeros(10), None, None)
+    assert "noise floor" in warning and "unweighted proposals" in warning
