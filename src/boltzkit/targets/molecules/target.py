@@ -47,6 +47,7 @@ class MolecularTarget(Target):
     """
 
     fused: bool = True  # use the compiled CPU kernel where it applies
+    is_molecule: bool = True  # evaluation and plots add torsion metrics and figures
 
     def __init__(self, molecule: MolecularSystem, temperature: float = 300.0,
                  backend: str = "torch", name: str = "molecule",
