@@ -244,7 +244,6 @@ def make_md_reference(target: MolecularTarget, n_samples: int, *, sets: Sequence
     n_samples, seed is `seed`). Resumes from the checkpoint an interrupted call left."""
     from boltzkit.app import reference
     from boltzkit.core.config import override
-
     from boltzkit.core.errors import UsageError
 
     fixed = {"temperature_K": "the target's temperature (--temperature)",
