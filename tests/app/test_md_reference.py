@@ -2,8 +2,10 @@
 run, reproducibility, and the configurational temperature of the frames (theta = 1 within 5 SE
 at the bath temperature; frames from a 33 % hotter bath must fail)."""
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,3 +174,30 @@ def test_cli_reference_of_a_molecule_takes_a_temperature_and_says_what_is_wrong(
                         "once")):
         bad = runner.invoke(app, ["reference", *args, "--n-samples", "2", "--quiet"])
         assert bad.exit_code == 2 and says in bad.output, bad.output
+
+
+def test_cli_pt_on_aldp_fab_writes_molecular_metrics_and_figures_and_aldp_is_refused(
+        tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from boltzkit.cli import app
+
+    monkeypatch.setenv("BOLTZKIT_CACHE", str(tmp_path / "cache"))
+    reference = tmp_path / "ref.npy"
+    base = aldp_fab().positions
+    gen = torch.Generator().manual_seed(0)
+    np.save(reference, (base + 0.002 * torch.randn(60, 66, generator=gen,
+                                                   dtype=torch.float64)).numpy())
+    runner = CliRunner()
+    out = tmp_path / "run"
+    ok = runner.invoke(app, ["sample", "aldp-fab", "--sampler", "pt", "--budget", "2e4",
+                             "--n-samples", "50", "--out", str(out), "--reference",
+                             str(reference), "--quiet", "--set", "n_chains=16"])
+    assert ok.exit_code == 0, ok.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["d_alanine_fraction"] == 0.0 and "ramachandran_tv_30x30_floor" in metrics
+    assert (out / "ramachandran.png").exists() and (out / "free_energy_phi.png").exists()
+    bad = runner.invoke(app, ["sample", "aldp", "--sampler", "pt", "--budget", "2e4",
+                              "--out", str(tmp_path / "bad"), "--quiet"])
+    assert bad.exit_code == 2 and "aldp-fab" in bad.output and "drift" in bad.output
+    assert not (tmp_path / "bad").exists()

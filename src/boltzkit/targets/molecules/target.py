@@ -70,6 +70,11 @@ class MolecularTarget(Target):
         """The reference structure `[3 n_atoms]` in nm, float64."""
         return torch.as_tensor(self.molecule.positions, dtype=torch.float64).reshape(-1)
 
+    def initial_state(self) -> Tensor:
+        """Where MCMC chains start (plus their `init_scale` noise): the reference structure
+        `[dim]` (an L-alanine; random Cartesian starts are mostly not a molecule)."""
+        return self.positions
+
     def potential_energy(self, x: Tensor) -> Tensor:
         """E(x) in kJ/mol, `[...]` (uncounted; differentiable)."""
         self.check_input(x)
