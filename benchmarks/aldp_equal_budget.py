@@ -1,6 +1,6 @@
-"""Equal-budget baselines on alanine dipeptide (`aldp-fab`, 300 K): PT, MALA and plain MD.
+"""Equal-budget baselines on alanine dipeptide (`aldp-fab`, 300 K): PT, MALA, HMC, plain MD.
 
-Each method gets the same number of force evaluations (--budget): PT and MALA through
+Each method gets the same number of force evaluations (--budget): PT, MALA and HMC through
 `boltzkit.samplers.mcmc` with the `aldp-fab` preset (energy + gradient per chain step), MD as
 OpenMM Langevin steps (one force evaluation each; 0.5 fs, no constraints; frames every 500
 steps). Each result is compared by `boltzkit.evaluate.evaluation.evaluate` with the cached MD
@@ -11,6 +11,7 @@ Prints a markdown table with the command, date and machine (BENCHMARKS.md, "Alan
 equal budget").
 
     python benchmarks/aldp_equal_budget.py [--budget 500000] [--n-samples 1000] [--seed 0]
+        [--methods pt,mala,hmc,md]
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=500_000)
     parser.add_argument("--n-samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default="pt,mala,hmc,md",
+                        help="comma-separated subset of pt, mala, hmc, md")
     args = parser.parse_args()
+    methods = args.methods.split(",")
     path = references.cached_path("aldp-fab", aldp_fab())
     if path is None:
         sys.exit("no cached aldp-fab reference: run `boltzkit reference aldp-fab` first")
@@ -76,11 +80,13 @@ def main() -> None:
     print("| method | samples | Rama KL (floor) | Rama TV (floor) | phi W1 rad (floor) "
           "| energy W1 kT (floor) | phi > 0 | D-Ala | wall s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name in ("pt", "mala"):
-        x, wall = run_mcmc(name, args.budget, args.n_samples, args.seed)
-        print(row(name, x, wall, ref, args.seed), flush=True)
-    x, wall = run_plain_md(args.budget, args.seed)
-    print(row("MD (Langevin, 0.5 fs)", x, wall, ref, args.seed), flush=True)
+    for name in ("pt", "mala", "hmc"):
+        if name in methods:
+            x, wall = run_mcmc(name, args.budget, args.n_samples, args.seed)
+            print(row(name, x, wall, ref, args.seed), flush=True)
+    if "md" in methods:
+        x, wall = run_plain_md(args.budget, args.seed)
+        print(row("MD (Langevin, 0.5 fs)", x, wall, ref, args.seed), flush=True)
 
 
 if __name__ == "__main__":
