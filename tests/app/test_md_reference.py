@@ -99,6 +99,24 @@ def test_replica_exchange_run_and_checkpoint_resume_give_the_uninterrupted_frame
     assert seen[0] == 11 and seen[-1] == 16 and not ckpt.exists()
     torch.testing.assert_close(resumed.positions, full.positions, rtol=0, atol=1e-6)
     assert resumed.config["exchange_rates"] == full.config["exchange_rates"]
+    # an interrupt in the middle of a frame's steps: the checkpoint holds the last whole frame
+    from boltzkit.app import replica_exchange
+
+    original, calls = replica_exchange.Replicas.step, []
+
+    def half_then_interrupt(self, n_steps):
+        calls.append(n_steps)
+        if len(calls) == 8:
+            original(self, n_steps // 2)
+            raise KeyboardInterrupt
+        original(self, n_steps)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(replica_exchange.Replicas, "step", half_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run_md(target, config, checkpoint=ckpt)
+    resumed = run_md(target, config, checkpoint=ckpt)
+    torch.testing.assert_close(resumed.positions, full.positions, rtol=0, atol=1e-6)
     other = MDConfig(**{**config.__dict__, "seed": 6})
     with pytest.raises(KeyboardInterrupt):
         run_md(target, config, progress=stop_at_11, checkpoint=ckpt)

@@ -122,8 +122,9 @@ def run_md(target: MolecularTarget, config: MDConfig = MDConfig(), start: Tensor
         progress: called as progress(frames_done, n_frames) after every frame (and once on
             resuming).
         checkpoint: a file for the run's state, written every `checkpoint_every_frames` frames
-            and on KeyboardInterrupt; a run finding it resumes from it (same config), and
-            deletes it when done.
+            and on KeyboardInterrupt (the state after the last whole frame, so an interrupt
+            mid-step loses that frame's steps); a run finding it resumes from it (same config),
+            and deletes it when done.
     """
     config = resolved(config, target)
     temperatures = ladder(config.temperature_K, config.temperature_max_K, config.n_replicas)
@@ -139,6 +140,8 @@ def run_md(target: MolecularTarget, config: MDConfig = MDConfig(), start: Tensor
     elif progress is not None:
         progress(len(run.frames), config.n_frames)
     began = time.perf_counter() - run.wall_s
+    # The state after the last whole frame: what an interrupt (even mid-step) writes.
+    last = (replicas.snapshot(), len(run.frames)) if checkpoint is not None else None
     try:
         for k in range(len(run.frames), config.n_frames):
             replicas.step(config.steps_per_frame)
@@ -147,13 +150,15 @@ def run_md(target: MolecularTarget, config: MDConfig = MDConfig(), start: Tensor
             xyz_k, e_k = replicas.frame(0)
             run.frames.append(xyz_k.reshape(-1))
             run.energies.append(e_k)
+            if checkpoint is not None:
+                last = (replicas.snapshot(), k + 1)
+                if (k + 1) % config.checkpoint_every_frames == 0:
+                    _save_checkpoint(checkpoint, config, *last, run, time.perf_counter() - began)
             if progress is not None:
                 progress(k + 1, config.n_frames)
-            if checkpoint is not None and (k + 1) % config.checkpoint_every_frames == 0:
-                _save_checkpoint(checkpoint, config, replicas, run, time.perf_counter() - began)
     except KeyboardInterrupt:
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, config, replicas, run, time.perf_counter() - began)
+        if last is not None:
+            _save_checkpoint(checkpoint, config, *last, run, time.perf_counter() - began)
         raise
     n_steps = config.n_replicas * (config.n_equilibration_steps
                                    + config.n_frames * config.steps_per_frame)
@@ -178,10 +183,10 @@ def _key(config: MDConfig) -> str:
     return json.dumps(facts, sort_keys=True)
 
 
-def _save_checkpoint(path: Path, config: MDConfig, replicas: Replicas, run: _Progress,
-                     wall_s: float) -> None:
-    """Atomically writes the replicas' state and the frames so far to `path` (.npz)."""
-    snap = replicas.snapshot()
+def _save_checkpoint(path: Path, config: MDConfig, snap: dict[str, Any], n_done: int,
+                     run: _Progress, wall_s: float) -> None:
+    """Atomically writes a replicas' snapshot and the first `n_done` frames to `path` (.npz)."""
+    run = _Progress(run.frames[:n_done], run.energies[:n_done], wall_s)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     n_atoms3 = len(run.frames[0]) if run.frames else 0
