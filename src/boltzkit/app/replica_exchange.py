@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-K_B = 0.0083144626  # kJ/(mol K), as openmm.unit.MOLAR_GAS_CONSTANT_R
+from boltzkit.targets.molecules.systems import K_B  # kJ/(mol K)
 
 
 def ladder(temperature_K: float, temperature_max_K: float, n_replicas: int) -> list[float]:
