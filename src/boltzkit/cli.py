@@ -6,7 +6,7 @@
                     [--target-param key=value ...] [--reference PATH] [--tensorboard DIR]
     boltzkit sample --resume RUN_DIR [--budget N]
     boltzkit evaluate RUN_DIR [--reference PATH]
-    boltzkit reference TARGET [--n N] [--set key=value ...]
+    boltzkit reference TARGET [--n-samples N] [--temperature T] [--set key=value ...]
     boltzkit experiment NAME [--set key=value ...] --out DIR [--executor serial|local|ray]
                         [--workers N] [--address HOST:PORT]
     boltzkit report RUN_DIR... [--out report.html]
@@ -368,11 +368,27 @@ def _interrupted(run_dir: Path, signal_name: str, position: Position) -> str:
 def _precheck(target: str | None, sampler: str | None, sets: list[str], preset: str | None,
               params: list[str]) -> None:
     assert target is not None and sampler is not None
-    runner.build_target(target, params)
+    built = runner.build_target(target, params)
+    _refuse_constrained_mcmc(built, target, sampler)
     module = runner.sampler_module(sampler)
     if preset is None:
         preset = runner.default_preset(module, target)
     runner.sampler_config(module, sets, preset, sampler)
+
+
+CARTESIAN_MCMC = ("rwmh", "mala", "hmc", "pt")
+
+
+def _refuse_constrained_mcmc(built: Any, target: str, sampler: str) -> None:
+    """Cartesian MCMC on a target with distance constraints (aldp's H-bonds, which carry no
+    energy term) would let the constrained bonds drift: a usage error naming what to use."""
+    constraints = getattr(getattr(built, "molecule", None), "constraints", ())
+    if constraints and sampler in CARTESIAN_MCMC:
+        raise UsageError(
+            f"target {target!r} has {len(constraints)} H-bond constraints and no energy term for "
+            f"those bonds: {sampler} moves every Cartesian coordinate and would let them drift. "
+            f"Use aldp-fab (no constraints) for MCMC baselines, or `boltzkit reference {target}` "
+            "(constrained MD) for samples of this target")
 
 
 def _print_resolved(target: str | None, sampler: str | None, sets: list[str],
@@ -412,10 +428,14 @@ def evaluate_command(
 
 @app.command("reference")
 def reference_command(
-    target: Annotated[str, typer.Argument(help="Target without an exact sampler, e.g. dw4.")],
+    target: Annotated[str, typer.Argument(
+        help="Target without an exact sampler, e.g. dw4 or aldp.")],
     n: Annotated[int | None, typer.Option(
         "--n-samples", "--n", parser=count, metavar="N",
-        help="Number of samples (default 10,000).")] = None,
+        help="Number of samples (MD: frames; default 10,000).")] = None,
+    temperature: Annotated[float | None, typer.Option(
+        help="Temperature in kelvin of a target with a `temperature` parameter (aldp, "
+             "aldp-fab); the same as --target-param temperature=T.")] = None,
     set_: SetOpt = None,
     target_param: Annotated[list[str] | None, typer.Option(
         help="Target parameter key=value; repeatable.")] = None,
@@ -425,29 +445,50 @@ def reference_command(
     device: Annotated[str | None, typer.Option(
         help="cpu, cuda or cuda:N: where parallel tempering runs (--set device=...).")] = None,
 ) -> None:
-    """Generate (or find in the cache) a reference sample set by parallel tempering."""
+    """Generate (or find in the cache) a reference sample set: parallel tempering, or for
+    molecules OpenMM Langevin MD (`--set n_replicas=4 --set temperature_max_K=600` for replica
+    exchange; an interrupted MD reference resumes from its checkpoint when run again)."""
     set_ = with_device(device, set_)
     from boltzkit.app import reference as project_reference
 
     if n is not None and n < 1:
         raise fail(f"--n-samples must be a positive number of samples, got {n}")
     with clean_errors():
-        built = runner.build_target(target, target_param or [])
+        params = _with_temperature(target, target_param or [], temperature)
+        built = runner.build_target(target, params)
         if built.has_exact_samples:
             raise UsageError(f"target {target!r} has an exact sampler: `boltzkit sample` "
                                     "draws its reference directly")
-        config = project_reference.reference_config(built.name)
-        runner.apply_overrides(config, set_ or [])
+        if not getattr(built, "is_molecule", False):  # MD settings are checked by MDConfig
+            config = project_reference.reference_config(built.name)
+            runner.apply_overrides(config, set_ or [])
         with RichProgress(err_console, enabled=not quiet) as callback:
             made = project_reference.make_reference(
                 built, n, sets=set_ or [], seed=seed, callback=callback, refresh=refresh)
     meta = made.metadata
+    md = meta.get("md") or {}
     shown = {"n_samples": len(made.samples), "seed": meta.get("seed"),
+             **({"temperatures_K": md.get("temperatures_K"),
+                 "exchange_rates": md.get("exchange_rates")} if md else {}),
              **runner.summary_dict(meta.get("counts") or {}, "counts"),
              "wall_s": meta.get("wall_s"),
              **runner.summary_dict(meta.get("checks") or {})}
     console.print(metrics_table(shown, f"reference for {target}"))
     console.print(f"written: [bold]{meta.get('path')}[/]")
+
+
+def _with_temperature(target: str, params: list[str], temperature: float | None) -> list[str]:
+    """`--temperature T` as the target parameter temperature=T (targets that have one)."""
+    if temperature is None:
+        return params
+    if "temperature" not in targets.params(target):
+        with_one = [n for n in targets.names() if "temperature" in targets.params(n)]
+        raise UsageError(f"--temperature applies to targets with a temperature parameter "
+                         f"({', '.join(with_one)}); {target!r} has none")
+    if any(p.split("=", 1)[0].strip() == "temperature" for p in params):
+        raise UsageError("give the temperature once: --temperature or --target-param "
+                         "temperature=T, not both")
+    return [*params, f"temperature={temperature}"]
 
 
 @app.command("experiment")

@@ -221,3 +221,67 @@ def test_molecular_metrics_keys_and_self_comparison():
     assert out["ramachandran_kl_ref_to_samples_30x30_nats"] == pytest.approx(0.0, abs=1e-5)
     assert out["d_alanine_fraction"] == 0.0 and out["ess"] == pytest.approx(200)
     assert out["phi_positive_fraction"] == out["phi_positive_fraction_reference"]
+
+
+def test_circular_w1_goes_the_short_way_round_and_a_linear_w1_fails():
+    a, b = torch.full((5,), -3.0, dtype=F64), torch.full((7,), 3.0, dtype=F64)
+    assert molecular.circular_w1(a, b) == pytest.approx(2 * math.pi - 6.0, abs=1e-12)
+    linear = float((a.sort().values.mean() - b.sort().values.mean()).abs())  # broken variant
+    assert abs(linear - (2 * math.pi - 6.0)) > 1
+    # point mass at 0 vs uniform on the circle: E|U| = pi / 2, SE from sd(|U|) = pi / sqrt(12)
+    n = 20_000
+    u = (torch.rand(n, generator=torch.Generator().manual_seed(0), dtype=F64) * 2 - 1) * math.pi
+    w1 = molecular.circular_w1(torch.zeros(3, dtype=F64), u)
+    assert abs(w1 - math.pi / 2) < Z * math.pi / math.sqrt(12 * n)
+    assert molecular.circular_w1(u, u + 2 * math.pi) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_free_energy_profile_of_two_levels_and_a_wrong_sign_fails():
+    """phi in [0, pi) with probability 1 / (1 + e^-2), else in [-pi, 0): F = 2 kT on the left."""
+    gen = torch.Generator().manual_seed(1)
+    n = 40_000
+    left = torch.rand(n, generator=gen) < 1 / (1 + math.exp(2.0))
+    phi = torch.rand(n, generator=gen, dtype=F64) * math.pi - torch.where(left, math.pi, 0.0)
+    prof = molecular.free_energy_profile(phi, n_bins=12, n_blocks=20)
+    expect = torch.where(prof.centres < 0, 2.0, 0.0).to(F64)
+    # F is relative to the smallest bin: compare differences to the right half's mean
+    shift = prof.free_energy[prof.centres > 0].mean()
+    assert ((prof.free_energy - shift - expect).abs() < Z * prof.se + 0.05).all()
+    broken = -prof.free_energy  # +log p instead of -log p
+    assert not ((broken - broken[prof.centres > 0].mean() - expect).abs() < Z * prof.se
+                + 0.05).all()
+
+
+def test_evaluate_adds_torsion_metrics_with_floors_for_molecules_and_drops_symmetry_w2():
+    pytest.importorskip("openmm")
+    from boltzkit.evaluate.evaluation import CONVENTIONS, evaluate
+    from boltzkit.targets.molecules import aldp_fab
+
+    target = aldp_fab()
+    gen = torch.Generator().manual_seed(2)
+    base = with_torsions(-1.4, 2.6)  # C7eq; its mirror image sits at phi = +1.4
+    ref = base + 0.003 * torch.randn(400, 66, generator=gen, dtype=F64)
+    x = base + 0.003 * torch.randn(100, 66, generator=gen, dtype=F64)
+    out = evaluate(x, target, reference=ref, generator=gen, n_repeats=2)
+    for key in ("ramachandran_kl_ref_to_samples_30x30_nats", "ramachandran_tv_30x30",
+                "phi_w1_circular_rad", "psi_w1_circular_rad", "energy_w1"):
+        assert key in out and f"{key}_floor" in out and key in CONVENTIONS
+    assert "symmetry_w2" not in out and out["d_alanine_fraction"] == 0.0
+    assert out["phi_positive_fraction_reference"] == molecular.torsions(ref)[:, 0].gt(0).double(
+        ).mean().item()
+    mirrored = evaluate(-x, target, reference=ref, generator=gen, n_repeats=0)
+    assert mirrored["d_alanine_fraction"] == 1.0
+    assert mirrored["phi_w1_circular_rad"] > 10 * out["phi_w1_circular_rad_floor"]
+
+
+def test_run_figures_draw_ramachandran_and_free_energy_for_molecules(tmp_path):
+    from boltzkit.app import plots
+
+    x = torch.stack([with_torsions(-1.4 + 0.1 * k, 2.6) for k in range(20)])
+    paths = plots.run_figures(tmp_path, x, torch.zeros(20), reference=x, n_particles=22,
+                              spatial_dim=3, molecule=True)
+    names = {p.name for p in paths}
+    assert {"ramachandran.png", "free_energy_phi.png"} <= names
+    assert all((tmp_path / n).stat().st_size > 0 for n in names)
+    assert "ramachandran.png" not in {p.name for p in plots.run_figures(
+        tmp_path / "plain", x, torch.zeros(20), n_particles=22, spatial_dim=3)}

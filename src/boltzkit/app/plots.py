@@ -203,6 +203,64 @@ def ess_trace(ess_fraction: Mapping[str, ArrayLike], path: str | Path, **kwargs:
     return traces(ess_fraction, path, ylabel="ESS / N", **kwargs)
 
 
+def ramachandran(torsions: Mapping[str, ArrayLike], path: str | Path, *, n_bins: int = 60
+                 ) -> Path:
+    """(phi, psi) histograms side by side, one panel per series (pass the reference first), on
+    a shared log colour scale of the density over [-pi, pi)^2 (radians; phi across)."""
+    arrays = {k: _np(v).reshape(-1, 2) for k, v in torsions.items()}
+    edges = np.linspace(-np.pi, np.pi, n_bins + 1)
+    hists = {k: np.histogram2d(v[:, 0], v[:, 1], bins=[edges, edges], density=True)[0]
+             for k, v in arrays.items()}
+    top = max(float(h.max()) for h in hists.values()) or 1.0
+    fig, axes = plt.subplots(1, len(hists), figsize=(4 * len(hists), 4), squeeze=False,
+                             sharex=True, sharey=True)
+    norm = matplotlib.colors.LogNorm(vmin=top * 1e-4, vmax=top)
+    for ax, (label, hist) in zip(axes[0], hists.items(), strict=True):
+        ax.pcolormesh(edges, edges, np.where(hist > 0, hist, np.nan).T, norm=norm,
+                      cmap="viridis")
+        ax.set_title(f"{label} (n={len(arrays[label])})", fontsize=9)
+        ax.set_xlabel("phi (rad)")
+        ax.set_aspect("equal")
+    axes[0][0].set_ylabel("psi (rad)")
+    fig.suptitle("Ramachandran plot")
+    return _save(fig, path)
+
+
+def free_energy_profiles(profiles: Mapping[str, tuple[ArrayLike, ArrayLike, ArrayLike]],
+                         path: str | Path, *, xlabel: str = "phi (rad)") -> Path:
+    """Free energy F (kT, minimum 0) against an angle with SE error bars, one line per series
+    of (bin centres, F, SE); empty bins (F = inf) are left out."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (centres, f, se) in profiles.items():
+        c, f, se = _np(centres), _np(f), _np(se)
+        keep = np.isfinite(f)
+        ax.errorbar(c[keep], f[keep], yerr=np.nan_to_num(se[keep]), label=label, capsize=2,
+                    marker="o", ms=3, color="k" if label == _REFERENCE else None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("free energy (kT)")
+    ax.set_xlim(-np.pi, np.pi)
+    ax.legend(fontsize=8)
+    ax.set_title("free energy along phi (batch-means SE)")
+    return _save(fig, path)
+
+
+def molecule_figures(out_dir: str | Path, samples: ArrayLike, reference: ArrayLike | None,
+                     label: str = "samples") -> list[Path]:
+    """ramachandran.png and free_energy_phi.png of alanine-dipeptide configurations `[n, 66]`
+    (the reference beside / under the samples when given)."""
+    import torch
+
+    from boltzkit.evaluate import molecular
+
+    sets = {} if reference is None else {_REFERENCE: reference}
+    sets[label] = samples
+    phi_psi = {k: molecular.torsions(torch.as_tensor(_np(v))) for k, v in sets.items()}
+    out = Path(out_dir)
+    return [ramachandran(phi_psi, out / "ramachandran.png"),
+            free_energy_profiles({k: tuple(molecular.free_energy_profile(v[:, 0]))
+                                  for k, v in phi_psi.items()}, out / "free_energy_phi.png")]
+
+
 def pairwise_distances(x: ArrayLike, n_particles: int, spatial_dim: int) -> np.ndarray:
     """The n(n-1)/2 interatomic distances of each configuration, `[n, n_particles*(n-1)/2]`."""
     xp = _np(x).reshape(-1, n_particles, spatial_dim)
@@ -221,11 +279,13 @@ def run_figures(
     spatial_dim: int | None = None,
     diagnostics: Mapping[str, Any] | None = None,
     label: str = "samples",
+    molecule: bool = False,
 ) -> list[Path]:
     """The standard figures of a run directory: energy histogram, a 2-D view (first two
     coordinates, or all particle positions in the first two spatial axes), interatomic
     distances for particle systems, and any ESS trace found in `diagnostics` (a list under a key
-    containing "ess"). Returns the paths written."""
+    containing "ess"); for molecules (`molecule=True`, alanine dipeptide) the Ramachandran
+    and free-energy-along-phi figures. Returns the paths written."""
     out = Path(out_dir)
     x = _np(samples)
     energy = {label: _np(energies)}
@@ -245,6 +305,8 @@ def run_figures(
     if n_particles is not None and spatial_dim is not None:
         dists = {k: pairwise_distances(v, n_particles, spatial_dim) for k, v in views.items()}
         paths.append(distance_histogram(dists, out / "distances.png"))
+    if molecule and len(x):
+        paths += molecule_figures(out, x, reference, label)
     diagnostics = diagnostics or {}
     ess = {k: v for k, v in diagnostics.items()
            if "ess" in k.lower() and not k.endswith("_x") and _is_trace(v)}

@@ -77,7 +77,8 @@ def make_reference(
     cache: Path | str | None = None,
     refresh: bool = False,
 ) -> ReferenceSet:
-    """Reference samples of `target` by parallel tempering, from the cache when present.
+    """Reference samples of `target` by parallel tempering (molecular targets: OpenMM MD,
+    `app.md_reference.make_md_reference`), from the cache when present.
 
     Args:
         target: a Target, or a registered name built with `params` (`key=value` strings or a
@@ -93,6 +94,13 @@ def make_reference(
 
     target = _build(target, params)
     n_samples = DEFAULT_N_SAMPLES if n_samples is None else int(n_samples)
+    if getattr(target, "is_molecule", False):  # OpenMM Langevin MD / replica exchange
+        if config is not None:
+            raise ValueError("molecular references run MD: pass MDConfig overrides as `sets`")
+        from boltzkit.app.md_reference import make_md_reference
+
+        return make_md_reference(target, n_samples, sets=sets, seed=seed, callback=callback,
+                                 cache=cache, refresh=refresh)
     config = override(config or reference_config(target.name), list(sets))
     fingerprint = target_fingerprint(target)
     key = {"fingerprint": fingerprint, "config": dataclasses.asdict(config),
@@ -115,6 +123,8 @@ def cached_path(name: str, target: Target | None = None, cache: Path | str | Non
     fingerprint = None if target is None else target_fingerprint(target)
     best, best_n = None, -1
     for path in sorted(Path(cache or cache_dir()).glob(f"{name}-*.json")):
+        if path.stem.rsplit("-", 1)[0] != name:  # "aldp-*" also matches "aldp-fab-*"
+            continue
         meta = json.loads(path.read_text())
         if fingerprint is not None and meta.get("fingerprint") != fingerprint:
             continue

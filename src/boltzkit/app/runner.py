@@ -381,7 +381,8 @@ def draw_figures(run_dir: Path, x: Tensor, target: Target, reference: Tensor | N
 
     plots.run_figures(run_dir, x, energies, reference=reference,
                       reference_energies=reference_energies, n_particles=target.n_particles,
-                      spatial_dim=target.spatial_dim, diagnostics=_read_diagnostics(run_dir))
+                      spatial_dim=target.spatial_dim, diagnostics=_read_diagnostics(run_dir),
+                      molecule=bool(getattr(target, "is_molecule", False)))
 
 
 # ---- internals ----------------------------------------------------------------------------

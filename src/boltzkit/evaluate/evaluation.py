@@ -44,7 +44,23 @@ CONVENTIONS: dict[str, str] = {
     "out-of-range mass counted in full",
     "distance_out_of_range": "fraction of generated distances outside the reference range",
     "symmetry_w2": "exact W2 on the cost minimised over permutations, rotations/reflections and "
-    "translations per pair, square-rooted (n_eval_symmetry vs n_eval_symmetry)",
+    "translations per pair, square-rooted (n_eval_symmetry vs n_eval_symmetry); not for "
+    "molecules",
+    # molecules (target.is_molecule; evaluate/molecular.py): energies are E / kT, so energy_w1
+    # and energy_w2 are in kT
+    "ramachandran_kl_ref_to_samples_30x30_nats": "KL(reference || samples) of 30 x 30 (phi, "
+    "psi) histograms over [-pi, pi)^2, samples smoothed by 1e-6 pseudo-counts (n_eval per "
+    "side); its floor splits the reference at random, which for correlated MD frames is "
+    "optimistic",
+    "ramachandran_tv_30x30": "0.5 sum |p - q| of the same histograms (n_eval per side)",
+    "phi_w1_circular_rad": "W1 of phi on the circle, radians (n_eval per side)",
+    "psi_w1_circular_rad": "W1 of psi on the circle, radians (n_eval per side)",
+    "phi_positive_fraction": "fraction of samples with phi > 0 (weighted with log_w)",
+    "phi_positive_fraction_se": "sqrt(p (1 - p) / ESS): i.i.d./importance SE, too small for "
+    "correlated MCMC output",
+    "phi_positive_fraction_reference": "phi > 0 fraction of the whole reference",
+    "phi_positive_fraction_reference_se_batch_means": "its batch-means SE over 10 blocks",
+    "d_alanine_fraction": "fraction of D-alanine samples (improper N, C, CB, CA > 0)",
 }
 
 
@@ -82,9 +98,26 @@ def _comparisons(target: Target, n_eval: int, max_symmetry: int) -> dict[str, ob
         out["distance_tv"] = (dist, lambda a, b: M.distance_tv(a, b).tv, n_eval)
         out["distance_out_of_range"] = (
             dist, lambda a, b: M.distance_tv(a, b).fraction_out_of_range, n_eval)
-        out["symmetry_w2"] = (
-            lambda x: x, lambda a, b: M.symmetry_w2(a, b, n_p, d), min(n_eval, max_symmetry))
+        if not _is_molecule(target):  # atoms of a molecule are not interchangeable
+            out["symmetry_w2"] = (
+                lambda x: x, lambda a, b: M.symmetry_w2(a, b, n_p, d), min(n_eval, max_symmetry))
+    if _is_molecule(target):
+        from boltzkit.evaluate import molecular
+
+        for name, metric in molecular.torsion_comparisons().items():
+            out[name] = (molecular.torsions, metric, n_eval)
     return out
+
+
+def _is_molecule(target: Target) -> bool:
+    return bool(getattr(target, "is_molecule", False))
+
+
+def _molecule_metrics(x: Tensor, reference: Tensor | None, log_w: Tensor | None
+                      ) -> dict[str, float]:
+    from boltzkit.evaluate import molecular
+
+    return molecular.population_metrics(x, reference, log_w)
 
 
 def _reference_metrics(
@@ -170,6 +203,9 @@ def evaluate(
             out["log_Z_error"] = out["log_Z"] - t.log_Z
     if M.is_mixture(t) and len(x):
         out.update(_mode_metrics(x, t))
+    if _is_molecule(t) and len(x):
+        w = None if log_w is None else log_w.detach()[finite]
+        out.update(_molecule_metrics(x, reference, w))
     if reference is None and t.has_exact_samples and len(x) >= 2:
         reference = t.sample(2 * min(len(x), max_ot), generator=generator)
     if reference is not None:

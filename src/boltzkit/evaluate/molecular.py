@@ -13,7 +13,10 @@ Conventions (stated in every output key):
   size, SE = sqrt(p (1 - p) / ESS) (i.i.d. or importance-weighted samples), or for correlated
   frames (MD, MCMC) from batch means over `n_blocks` contiguous blocks,
   SE = sd(block means) / sqrt(n_blocks) (Flegal & Jones, Ann. Statist. 38, 1034 (2010));
-- D-alanine: improper (N, C, CB, CA) of the wrong sign (`targets.molecules.is_d_alanine`).
+- D-alanine: improper (N, C, CB, CA) of the wrong sign (`targets.molecules.is_d_alanine`);
+- per-torsion W1 on the circle (`circular_w1`), in radians: the shorter way round counts;
+- the free energy along phi, F_b = -log p_b - min_b(-log p_b) in kT over `n_bins` equal bins,
+  with SE(F_b) = SE(p_b) / p_b, SE(p_b) by batch means over `n_blocks` contiguous blocks.
 Samples may carry log-weights (self-normalised importance sampling, weights in float64).
 """
 
@@ -136,6 +139,78 @@ def phi_positive_population(phi_psi: Tensor, log_w: Tensor | None = None,
 def d_alanine_fraction(x: Tensor, log_w: Tensor | None = None) -> Population:
     """The fraction of D-alanine configurations among Cartesian samples `[n, 66]`."""
     return weighted_fraction(is_d_alanine(x.detach()), log_w)
+
+
+def circular_w1(a: Tensor, b: Tensor) -> float:
+    """W1 between two samples of angles `[n]`, `[m]` (radians) on the circle of length 2 pi.
+
+    W1 = min_c int_{-pi}^{pi} |F(t) - G(t) - c| dt, F and G the empirical CDFs on [-pi, pi),
+    the minimiser c a weighted median of F - G (Rabin, Delon & Gousseau, J. Math. Imaging
+    Vis. 41, 147 (2011)).
+    """
+    a, b = (torch.remainder(v.detach().to(torch.float64) + math.pi, 2 * math.pi) - math.pi
+            for v in (a, b))
+    points = torch.cat([a, b]).sort().values
+    edges = torch.cat([points.new_tensor([-math.pi]), points, points.new_tensor([math.pi])])
+    lengths = edges.diff()
+    cdf = [torch.searchsorted(v.sort().values, edges[:-1], right=True) / len(v) for v in (a, b)]
+    d = cdf[0] - cdf[1]
+    order = d.argsort()
+    weight = lengths[order].cumsum(0)
+    c = d[order][torch.searchsorted(weight, weight[-1] / 2).clamp(max=len(d) - 1)]
+    return float((lengths * (d - c).abs()).sum())
+
+
+def torsion_comparisons() -> dict[str, object]:
+    """name -> metric(samples, reference) on torsions `[n, 2]`, for `evaluation.evaluate`
+    (each gets a noise floor from reference splits there)."""
+    return {
+        f"ramachandran_kl_ref_to_samples_{N_BINS}x{N_BINS}_nats": ramachandran_kl,
+        f"ramachandran_tv_{N_BINS}x{N_BINS}": ramachandran_tv,
+        "phi_w1_circular_rad": lambda a, b: circular_w1(a[:, 0], b[:, 0]),
+        "psi_w1_circular_rad": lambda a, b: circular_w1(a[:, 1], b[:, 1]),
+    }
+
+
+def population_metrics(samples: Tensor, reference: Tensor | None,
+                       log_w: Tensor | None = None) -> dict[str, float]:
+    """phi > 0 population of samples `[n, 66]` with its i.i.d./Kish SE (too small for
+    correlated MCMC output), the reference's (batch means over 10 blocks: MD frames are a time
+    series) and the D-alanine fraction."""
+    pop = phi_positive_population(torsions(samples), log_w)
+    out = {"phi_positive_fraction": pop.fraction, "phi_positive_fraction_se": pop.se,
+           "d_alanine_fraction": d_alanine_fraction(samples, log_w).fraction}
+    if reference is not None and len(reference) >= 10:
+        ref = phi_positive_population(torsions(reference), n_blocks=10)
+        out.update(phi_positive_fraction_reference=ref.fraction,
+                   phi_positive_fraction_reference_se_batch_means=ref.se)
+    return out
+
+
+class Profile(NamedTuple):
+    """Free energy along an angle: bin centres `[n_bins]` (rad), F `[n_bins]` (kT, min 0;
+    inf where a bin is empty) and its SE `[n_bins]` (nan where undefined)."""
+
+    centres: Tensor
+    free_energy: Tensor
+    se: Tensor
+
+
+def free_energy_profile(angle: Tensor, n_bins: int = 36, n_blocks: int = 10) -> Profile:
+    """F_b = -log p_b - min(-log p) of angles `[n]` with batch-means SEs (module docstring)."""
+    n_blocks = max(2, min(n_blocks, len(angle)))
+    wrapped = torch.remainder(angle.detach().to(torch.float64) + math.pi, 2 * math.pi)
+    index = (wrapped * (n_bins / (2 * math.pi))).long().clamp_(0, n_bins - 1)
+    size = len(index) // n_blocks
+    blocks = torch.nn.functional.one_hot(index[: size * n_blocks], n_bins).to(torch.float64)
+    block_p = blocks.view(n_blocks, size, n_bins).mean(1)
+    p = torch.bincount(index, minlength=n_bins).to(torch.float64) / len(index)
+    se_p = block_p.std(0) / math.sqrt(n_blocks)
+    f = -p.log()
+    f = f - f[torch.isfinite(f)].min()
+    se = torch.where(p > 0, se_p / p, torch.full_like(p, float("nan")))
+    centres = (torch.arange(n_bins, dtype=torch.float64) + 0.5) * (2 * math.pi / n_bins) - math.pi
+    return Profile(centres, f, se)
 
 
 def molecular_metrics(samples: Tensor, reference: Tensor, log_w: Tensor | None = None,

@@ -384,6 +384,9 @@ def _initial_x(target: Any, config: ChainsConfig, n_temps: int, x0: Tensor | Non
         return x0.expand(n_temps, *x0.shape) if x0.ndim == 2 else x0
     x = config.init_scale * torch.randn(n_temps, config.n_chains, target.dim, dtype=dtype,
                                         device=device)
+    centre = getattr(target, "initial_state", None)  # molecules: around their structure
+    if centre is not None:
+        x = x + centre().to(dtype=dtype, device=device)
     return target.remove_com(x)
 
 

@@ -47,6 +47,7 @@ class MolecularTarget(Target):
     """
 
     fused: bool = True  # use the compiled CPU kernel where it applies
+    is_molecule: bool = True  # evaluation and plots add torsion metrics and figures
 
     def __init__(self, molecule: MolecularSystem, temperature: float = 300.0,
                  backend: str = "torch", name: str = "molecule",
@@ -68,6 +69,11 @@ class MolecularTarget(Target):
     def positions(self) -> Tensor:
         """The reference structure `[3 n_atoms]` in nm, float64."""
         return torch.as_tensor(self.molecule.positions, dtype=torch.float64).reshape(-1)
+
+    def initial_state(self) -> Tensor:
+        """Where MCMC chains start (plus their `init_scale` noise): the reference structure
+        `[dim]` (an L-alanine; random Cartesian starts are mostly not a molecule)."""
+        return self.positions
 
     def potential_energy(self, x: Tensor) -> Tensor:
         """E(x) in kJ/mol, `[...]` (uncounted; differentiable)."""
