@@ -1,0 +1,5 @@
+"""`python -m boltzkit.cli`."""
+
+from boltzkit.cli import app
+
+app()
