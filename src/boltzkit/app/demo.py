@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from boltzkit.app import rundir, runner
+from boltzkit.app import references, rundir, runner
 from boltzkit.app.progress import LogFile, RichProgress
 
 TARGET = "dw4"
@@ -74,7 +74,7 @@ def reference_for_demo(out: Path, log: Any, err_console: Console, quiet: bool
                        ) -> tuple[Path, str]:
     """(path, description) of the reference set, in the order the module docstring gives."""
     target = runner.build_target(TARGET)
-    own = runner.project_reference_path(TARGET, target)
+    own = references.project_reference_path(TARGET, target)
     if own is not None:
         return own, f"project reference, cached ({own})"
     published = rundir.published_reference(TARGET)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from boltzkit.app import rundir, runner
+from boltzkit.app import references, rundir, runner
 from boltzkit.core import config as configs
 from boltzkit.core.errors import UsageError
 from boltzkit.samplers import null_callback
@@ -46,7 +46,7 @@ def resume_run(run_dir: str | Path, *, budget: int | None = None,
                              f"{run_dir} already spent; give a larger budget")
         record["budget"] = budget
     target = runner.build_target(record["target"], record.get("target_params") or {})
-    reference = runner.recorded_reference(target.uncounted(), record)
+    reference = references.recorded_reference(target.uncounted(), record)
     if log:
         log(f"resumed from checkpoint at step {step} ({spent:,} energy evaluations spent)"
             if step is not None else f"no checkpoint in {run_dir}: the run starts from the "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,23 +26,21 @@ import torch
 from torch import Tensor
 
 from boltzkit import samplers, targets
-from boltzkit.app import failures, rundir, summary
+from boltzkit.app import failures, rundir
+from boltzkit.app.assess import evaluate_run
+from boltzkit.app.references import (
+    Reference,
+    resolve_reference,
+)
 from boltzkit.core import config as configs
 from boltzkit.core.errors import EnvironmentProblem, UsageError
-from boltzkit.evaluate import sanity
+from boltzkit.core.seeding import seed_everything
 from boltzkit.samplers import Callback, SampleResult, null_callback
 from boltzkit.targets import Target
 
 __all__ = ["EnvironmentProblem", "UsageError"]  # what the CLI catches, re-exported
 
 
-class Reference(NamedTuple):
-    """Reference samples `[n, dim]` (float64, COM-free for particle systems) and where they came
-    from ("exact sampler", "published ../shared/data", "project reference", "file")."""
-
-    samples: Tensor | None
-    source: str
-    path: str | None
 
 
 class RunOutcome(NamedTuple):
@@ -54,12 +51,6 @@ class RunOutcome(NamedTuple):
     wall_s: float
 
 
-# ---- resolution ---------------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    """Seeds torch, numpy and random: entry points only (library code never reseeds)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def build_target(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> Target:
@@ -119,34 +110,6 @@ def config_from_dict(module: ModuleType, values: Mapping[str, Any], sampler: str
     return _replace_nested(base, values)
 
 
-def resolve_reference(target: Target, target_name: str, *, path: str | Path | None = None,
-                      n: int = 1000, custom_params: bool = False, seed: int = 0) -> Reference:
-    """Reference samples for evaluation, in order of preference: an explicit file; the target's
-    exact sampler (n draws, generator seeded with `seed`); the project's own cached reference
-    (boltzkit.app.reference); the published set in ../shared/data (default parameters only).
-    For exact samplers `n` is the sample size to compare, and 2n reference samples are drawn."""
-    dims = (target.dim, target.n_particles, target.spatial_dim)
-    if path is not None:
-        try:
-            return Reference(rundir.load_reference(path, *dims), "file",
-                             str(Path(path).resolve()))
-        except rundir.RunDirError as err:
-            raise UsageError(str(err)) from None
-    if target.has_exact_samples:
-        # Twice the sample size: evaluate compares against one half and takes the
-        # reference-vs-reference noise floor from disjoint halves.
-        n_ref = 2 * n
-        x = target.sample(n_ref, generator=torch.Generator().manual_seed(seed))
-        x = target.remove_com(x.to(torch.float64))
-        return Reference(x, f"exact sampler (n={n_ref}, seed={seed})", None)
-    own = _project_reference(target_name, target)
-    if own is not None:
-        return own
-    published = None if custom_params else rundir.published_reference(target_name)
-    if published is not None:
-        return Reference(rundir.load_reference(published, *dims), "published ../shared/data",
-                         str(published))
-    return Reference(None, "none", None)
 
 
 # ---- devices ------------------------------------------------------------------------------
@@ -293,124 +256,22 @@ def check_sizes(budget: int, n_samples: int) -> None:
         raise UsageError(f"--n-samples must be positive, got {n_samples}")
 
 
-def recorded_reference(target: Target, record: Mapping[str, Any],
-                        path: str | Path | None = None) -> Reference:
-    recorded = (record.get("reference") or {})
-    if path is None and recorded.get("source") == "file":
-        path = recorded.get("path")
-    return resolve_reference(target, record["target"], path=path, n=int(record["n_samples"]),
-                             custom_params=bool(record.get("target_params")),
-                             seed=int(record["seed"]) + 1)
 
 
-def evaluate_run(run_dir: str | Path, *, reference: Reference | None = None,
-                 reference_path: str | Path | None = None, figures: bool = True
-                 ) -> dict[str, Any]:
-    """(Re)computes metrics.json (and the figures) of a finished run directory.
-
-    The global RNGs are seeded with the run's seed first, so evaluating a run twice gives the
-    same numbers. Samples with non-finite coordinates are dropped and counted
-    (`n_nonfinite_samples`).
-    """
-    run_dir = Path(run_dir)
-    try:
-        record = rundir.read_record(run_dir, require=rundir.RECORD_KEYS)
-        x_np, log_w_np, log_Z = rundir.read_samples(run_dir)
-    except rundir.RunDirError as err:
-        raise UsageError(str(err)) from None
-    target = build_target(record["target"], record.get("target_params", {})).uncounted()
-    if reference is None:
-        reference = recorded_reference(target, record, reference_path)
-    x = torch.as_tensor(x_np)
-    if x.ndim != 2 or x.shape[1] != target.dim:
-        raise UsageError(f"{run_dir}: samples have shape {tuple(x.shape)}, target "
-                         f"{record['target']!r} needs [n, {target.dim}]")
-    log_w = None if log_w_np is None else torch.as_tensor(log_w_np)
-    seed_everything(int(record["seed"]))
-    metrics = _evaluate(x, log_w, target, reference.samples, seed=int(record["seed"]))
-    if log_Z is not None:
-        metrics["sampler_log_Z"] = log_Z
-        if target.log_Z is not None:
-            metrics["sampler_log_Z_error"] = log_Z - float(target.log_Z)
-    _use_sampler_log_Z_se(metrics, _read_diagnostics(run_dir))
-    counts = record.get("counts") or {}
-    metrics.update({f"count_{k}": v for k, v in counts.items()})
-    metrics["reference_source"] = reference.source
-    written = rundir.write_metrics(run_dir, metrics)
-    finite = x[torch.isfinite(x).all(dim=1)]
-    energies, ref_energies = _energies(target, finite, reference.samples)
-    warnings = sanity.warnings_for(written, energies, ref_energies, target.typical_energy_max)
-    rundir.update_record(run_dir, warnings=warnings)
-    if figures:
-        draw_figures(run_dir, finite, target, reference.samples, energies, ref_energies)
-    summary.write(run_dir, {**record, "warnings": warnings}, written, _read_diagnostics(run_dir),
-                  warnings)
-    return written
 
 
-def _energies(target: Target, x: Tensor, reference: Tensor | None
-              ) -> tuple[Tensor, Tensor | None]:
-    with torch.no_grad():
-        energies = target.energy(x.to(torch.float64))
-        ref = None if reference is None else target.energy(reference.to(torch.float64))
-    return energies, ref
 
 
-def _read_diagnostics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / rundir.DIAGNOSTICS_FILE
-    if not path.exists():
-        return {}
-    diagnostics = rundir.read_json_object(path)
-    return diagnostics.get("diagnostics") or {}
 
 
-def _use_sampler_log_Z_se(metrics: dict[str, Any], diagnostics: Mapping[str, Any]) -> None:
-    """A sampler that reports its own log Z standard error (SMC: from independent replicas)
-    overrides the delta-method one of its weights, which after resampling measures nothing;
-    None when it has none (a single replica)."""
-    if "log_Z_se" not in diagnostics:
-        return
-    metrics["sampler_log_Z_se"] = diagnostics["log_Z_se"]
-    if "log_Z_se" in metrics:
-        metrics["log_Z_se"] = diagnostics["log_Z_se"]
 
 
-def draw_figures(run_dir: Path, x: Tensor, target: Target, reference: Tensor | None,
-                 energies: Tensor, reference_energies: Tensor | None) -> None:
-    from boltzkit.app import plots  # matplotlib only when figures are asked for
-
-    plots.run_figures(run_dir, x, energies, reference=reference,
-                      reference_energies=reference_energies, n_particles=target.n_particles,
-                      spatial_dim=target.spatial_dim, diagnostics=_read_diagnostics(run_dir),
-                      molecule=bool(getattr(target, "is_molecule", False)))
 
 
-# ---- internals ----------------------------------------------------------------------------
-def _evaluate(x: Tensor, log_w: Tensor | None, target: Target, reference: Tensor | None,
-              seed: int) -> dict[str, Any]:
-    """`boltzkit.evaluate.evaluation.evaluate` with a generator seeded from the run (reproducible
-    subsets)."""
-    from boltzkit.evaluate import evaluation
-
-    return dict(evaluation.evaluate(x, target, reference=reference, log_w=log_w,
-                                 generator=torch.Generator().manual_seed(seed)))
 
 
-def project_reference_path(target_name: str, target: Target | None = None) -> Path | None:
-    """The largest cached reference made by `boltzkit reference` for this target (matching
-    `target`'s parameters when given), or None."""
-    from boltzkit.app import reference as project_reference
-
-    path = project_reference.cached_path(target_name, target)
-    return Path(path) if path is not None and Path(path).exists() else None
 
 
-def _project_reference(target_name: str, target: Target) -> Reference | None:
-    path = project_reference_path(target_name, target)
-    if path is None:
-        return None
-    samples = rundir.load_reference(path, target.dim, target.n_particles, target.spatial_dim)
-    return Reference(samples, "project reference (boltzkit reference)", str(path))
 
 
 def _as_dict(items: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
@@ -439,16 +300,6 @@ def _replace_nested(base: Any, values: Mapping[str, Any]) -> Any:
     return dataclasses.replace(base, **changes)
 
 
-# ---- for the CLI's tables -----------------------------------------------------------------
-def resolve_reference_source(target: Target, target_name: str) -> str:
-    """Where `boltzkit sample` would take this target's reference from (nothing is loaded)."""
-    if target.has_exact_samples:
-        return "exact"
-    if project_reference_path(target_name, target) is not None:
-        return "cached"
-    if rundir.published_reference(target_name) is not None:
-        return "published"
-    return "none yet"
 
 
 def summary_dict(obj: Any, prefix: str = "") -> dict[str, Any]:

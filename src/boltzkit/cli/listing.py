@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from boltzkit import targets
-from boltzkit.app import runner
+from boltzkit.app import references
 from boltzkit.cli.common import (
     app,
     console,
@@ -67,7 +67,7 @@ def target_row(name: str) -> list[str]:
     particles = f"{t.n_particles} x {t.spatial_dim}-D" if t.is_particle_system else "-"
     exact = "yes" if t.has_exact_samples else "no"
     log_z = "yes" if t.log_Z is not None else "no"
-    ref = runner.resolve_reference_source(t, name)
+    ref = references.resolve_reference_source(t, name)
     return [name, str(t.dim), particles, exact, log_z, ref]
 
 

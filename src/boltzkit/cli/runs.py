@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from boltzkit.app import runner, tracking
+from boltzkit.app import assess, runner, tracking
 from boltzkit.app.progress import LogFile, RichProgress
 from boltzkit.app.resume import last_checkpoint, resume_run
 from boltzkit.cli.common import (
@@ -206,7 +206,7 @@ def evaluate_command(
 ) -> None:
     """Recompute metrics.json (and figures) of a finished run."""
     with clean_errors():
-        metrics = runner.evaluate_run(run_dir, reference_path=reference, figures=figures)
+        metrics = assess.evaluate_run(run_dir, reference_path=reference, figures=figures)
     console.print(metrics_table(metrics, f"metrics of {run_dir}"))
     print_warnings(runner.rundir.read_record(run_dir).get("warnings") or [])
     console.print(f"written: {run_dir / runner.rundir.METRICS_FILE}")

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from boltzkit.app import references
 from boltzkit.core.config import override, parse_assignments, to_dict
 from boltzkit.samplers import Callback, SampleResult, null_callback
 
@@ -61,7 +62,7 @@ def run(out_dir: Path, overrides: list[str], callback: Callback = null_callback)
     cfg, idem_sets, mcmc_sets = _split_overrides(overrides)
     target = runner.build_target(cfg.target)
     idem_cfg = override(idem.preset(cfg.preset), idem_sets)
-    reference = runner.resolve_reference(target.uncounted(), cfg.target, path=cfg.reference,
+    reference = references.resolve_reference(target.uncounted(), cfg.target, path=cfg.reference,
                                          n=cfg.n_samples)
     results: dict[str, SampleResult] = {}
     seconds: dict[str, float] = {}
