@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from boltzkit.app import bench, executors, tracking
@@ -43,3 +44,14 @@ def test_bad_names_and_budgets_are_usage_errors() -> None:
         bench.plan(budget=0)
     full = bench.plan()
     assert set(bench.TARGETS) <= set(full.targets) and full.budgets["dw4"] == bench.BUDGETS["dw4"]
+
+
+def test_the_device_reaches_every_cell_and_an_absent_one_is_refused(tmp_path: Path) -> None:
+    quick = bench.plan(quick=True, device="cpu")
+    assert {t.kwargs["device"] for t in bench.tasks(quick, tmp_path)} == {"cpu"}
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="available: cpu"):
+            bench.plan(quick=True, device="cuda")
+    cell = bench.run_cell("gmm40", "mala", 3000, 0, 50, str(tmp_path / "cell"), device="cpu")
+    config = json.loads((tmp_path / "cell" / "config.json").read_text())
+    assert config["device"] == "cpu" and cell["metrics"]["n_samples"] == 50

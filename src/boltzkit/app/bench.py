@@ -46,6 +46,7 @@ class Plan(NamedTuple):
     budgets: dict[str, int]
     seed: int = 0
     n_samples: int = 1000
+    device: str = "cpu"  # every sampler's config `device` (`--device`)
 
 
 QUICK = Plan(("gmm40", "many-well-32"), ("mala", "rwmh"),
@@ -54,7 +55,7 @@ QUICK = Plan(("gmm40", "many-well-32"), ("mala", "rwmh"),
 
 def plan(quick: bool = False, target_names: Sequence[str] | None = None,
          sampler_names: Sequence[str] | None = None, budget: int | None = None,
-         seed: int = 0) -> Plan:
+         seed: int = 0, device: str = "cpu") -> Plan:
     """The bench to run: `QUICK` or the full one, with names, budget and seed replaced; every
     name is checked here (UsageError listing the valid ones)."""
     base = QUICK if quick else Plan(_with_aldp(TARGETS), SAMPLERS, dict(BUDGETS))
@@ -67,7 +68,9 @@ def plan(quick: bool = False, target_names: Sequence[str] | None = None,
         raise UsageError(f"--budget must be a positive number of energy evaluations, got "
                          f"{budget}")
     budgets = {t: budget or base.budgets.get(t) or max(base.budgets.values()) for t in names}
-    return Plan(names, tuple(sampler_names or base.samplers), budgets, seed, base.n_samples)
+    runner.check_device(device)
+    return Plan(names, tuple(sampler_names or base.samplers), budgets, seed, base.n_samples,
+                device)
 
 
 def _with_aldp(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -75,7 +78,7 @@ def _with_aldp(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def run_cell(target: str, sampler: str, budget: int, seed: int, n_samples: int,
-             run_dir: str) -> dict[str, Any]:
+             run_dir: str, device: str = "cpu") -> dict[str, Any]:
     """Task: one sampler run into `run_dir` (started afresh: a directory left by a dead attempt
     is removed), its events streamed to metrics.jsonl; returns its metrics and wall time."""
     path = Path(run_dir)
@@ -85,11 +88,13 @@ def run_cell(target: str, sampler: str, budget: int, seed: int, n_samples: int,
     with tracking.track(null_callback, path) as callback:
         outcome = runner.run_sampler(target_name=target, sampler=sampler, budget=budget,
                                      seed=seed, out=path, n_samples=n_samples,
-                                     callback=callback, figures=False,
+                                     sets=[f"device={device}"], callback=callback,
+                                     figures=False,
                                      command=["boltzkit", "sample", target, "--sampler",
                                               sampler, "--budget", str(budget), "--seed",
                                               str(seed), "--n-samples", str(n_samples),
-                                              "--out", run_dir, "--no-figures"])
+                                              "--out", run_dir, "--no-figures", "--device",
+                                              device])
     return {"metrics": outcome.metrics, "wall_s": outcome.wall_s}
 
 
@@ -99,7 +104,7 @@ def tasks(bench: Plan, out: Path) -> list[executors.Task]:
     for target in bench.targets:
         for sampler in bench.samplers:
             kwargs = {"target": target, "sampler": sampler, "budget": bench.budgets[target],
-                      "seed": bench.seed, "n_samples": bench.n_samples}
+                      "seed": bench.seed, "n_samples": bench.n_samples, "device": bench.device}
             key = executors.task_key(f"{target}-{sampler}", kwargs)
             out_tasks.append(executors.Task(key, run_cell, {
                 **kwargs, "run_dir": str(out / "cells" / f"{target}-{sampler}")}))

@@ -194,6 +194,7 @@ def bench_command(
     executor: Annotated[str, typer.Option(help="serial | local | ray.")] = "serial",
     workers: Annotated[int | None, typer.Option(help="Processes or Ray CPUs.")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N for every run.")] = "cpu",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Leaderboard of samplers x targets at stated budgets; writes report.html and report.md."""
@@ -201,7 +202,7 @@ def bench_command(
 
     out = out or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        plan = bench.plan(quick, target, sampler, budget, seed)
+        plan = bench.plan(quick, target, sampler, budget, seed, device)
         run_on = executors.make(executor, workers, address)
         with RichProgress(err_console, enabled=not quiet) as callback:
             summary = bench.run(out, plan, run_on, callback, command_line(ctx))
