@@ -20,7 +20,6 @@ import base64
 import html
 import io
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boltzkit.app.summary import fmt
 from boltzkit.core.errors import UsageError
 
 HEADLINE = ("energy_w1", "energy_w2", "x_w2", "distance_w2", "distance_tv", "symmetry_w2",
@@ -61,13 +61,6 @@ class Table:
     rows: list[list[str]]
 
 
-def fmt(value: Any) -> str:
-    """Numbers to 4 significant digits, None and non-finite values as 'n/a'."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    return f"{value:.4g}" if isinstance(value, float) else f"{value:,}"
 
 
 def cell(metrics: dict[str, Any], key: str) -> str:

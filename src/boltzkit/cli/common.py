@@ -4,7 +4,6 @@ and an exit code), signals, tables."""
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
@@ -15,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from boltzkit.app import runner
+from boltzkit.app.summary import fmt
 from boltzkit.core.errors import UsageError
 from boltzkit.core.files import describe_os_error
 
@@ -101,13 +101,6 @@ class Position:
         return f"{int(self.done):,}{total} {unit}".strip()
 
 
-def fmt(value: Any) -> str:
-    """Numbers to 4 significant digits; None and non-finite values as 'n/a'."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    return f"{value:.4g}" if isinstance(value, float) else f"{value:,}"
 
 
 def metrics_table(metrics: dict[str, Any], title: str) -> Table:
