@@ -219,3 +219,11 @@ def test_cli_pt_on_aldp_fab_writes_molecular_metrics_and_figures_and_aldp_is_ref
                               "--out", str(tmp_path / "bad"), "--quiet"])
     assert bad.exit_code == 2 and "aldp-fab" in bad.output and "drift" in bad.output
     assert not (tmp_path / "bad").exists()
+    # every sampler moves all Cartesian coordinates, so none may run on aldp, also not through
+    # the library's runner (bench, demo)
+    from boltzkit.app import runner as app_runner
+    from boltzkit.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="drift"):
+        app_runner.run_sampler(target_name="aldp", sampler="smc", budget=10**4, seed=0,
+                               out=tmp_path / "bad-smc")

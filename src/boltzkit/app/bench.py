@@ -34,6 +34,7 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "many-well-32": ("energy_w2", "x_w2"),
     "dw4": ("energy_w2", "distance_w2"),
     "lj13": ("energy_w2", "distance_w2"),
+    "aldp-fab": ("ramachandran_tv_30x30", "energy_w2"),
 }
 DEFAULT_HEADLINE = ("energy_w2", "x_w2")
 
@@ -74,7 +75,8 @@ def plan(quick: bool = False, target_names: Sequence[str] | None = None,
 
 
 def _with_aldp(names: tuple[str, ...]) -> tuple[str, ...]:
-    return names + ("aldp",) if "aldp" in targets.names() else names
+    # aldp-fab: the unconstrained alanine dipeptide (aldp's H-bond constraints refuse samplers)
+    return names + ("aldp-fab",) if "aldp-fab" in targets.names() else names
 
 
 def run_cell(target: str, sampler: str, budget: int, seed: int, n_samples: int,

@@ -65,6 +65,19 @@ def target_params(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> 
         return targets.typed_params(name, params)
 
 
+def refuse_constrained(target: Target, target_name: str, sampler: str) -> None:
+    """A target with distance constraints and no energy term for them (aldp's H-bonds) cannot
+    be sampled by moving every Cartesian coordinate, which every registered sampler does: the
+    bonds would drift. A usage error naming what to use instead."""
+    constraints = getattr(getattr(target, "molecule", None), "constraints", ())
+    if constraints:
+        raise UsageError(
+            f"target {target_name!r} has {len(constraints)} H-bond constraints and no energy "
+            f"term for those bonds: {sampler} moves every Cartesian coordinate and would let "
+            f"them drift. Use aldp-fab (no constraints) for sampler baselines, or `boltzkit "
+            f"reference {target_name}` (constrained MD) for samples of this target")
+
+
 def sampler_module(name: str) -> ModuleType:
     try:
         return samplers.module(name)
@@ -164,6 +177,7 @@ def run_sampler(
     """Checks every name, then samples, writes the run directory, evaluates and draws figures."""
     check_sizes(budget, n_samples)
     target = build_target(target_name, params)
+    refuse_constrained(target, target_name, sampler)
     module = sampler_module(sampler)
     if preset is None:
         preset = default_preset(module, target_name)

@@ -30,7 +30,6 @@ from boltzkit.cli.common import (
     with_device,
 )
 from boltzkit.core import config as configs
-from boltzkit.core.errors import UsageError
 
 
 @app.command("sample")
@@ -155,26 +154,11 @@ def _precheck(target: str | None, sampler: str | None, sets: list[str], preset: 
               params: list[str]) -> None:
     assert target is not None and sampler is not None
     built = runner.build_target(target, params)
-    _refuse_constrained_mcmc(built, target, sampler)
+    runner.refuse_constrained(built, target, sampler)
     module = runner.sampler_module(sampler)
     if preset is None:
         preset = runner.default_preset(module, target)
     runner.sampler_config(module, sets, preset, sampler)
-
-
-CARTESIAN_MCMC = ("rwmh", "mala", "hmc", "pt")
-
-
-def _refuse_constrained_mcmc(built: Any, target: str, sampler: str) -> None:
-    """Cartesian MCMC on a target with distance constraints (aldp's H-bonds, which carry no
-    energy term) would let the constrained bonds drift: a usage error naming what to use."""
-    constraints = getattr(getattr(built, "molecule", None), "constraints", ())
-    if constraints and sampler in CARTESIAN_MCMC:
-        raise UsageError(
-            f"target {target!r} has {len(constraints)} H-bond constraints and no energy term for "
-            f"those bonds: {sampler} moves every Cartesian coordinate and would let them drift. "
-            f"Use aldp-fab (no constraints) for MCMC baselines, or `boltzkit reference {target}` "
-            "(constrained MD) for samples of this target")
 
 
 def _print_resolved(target: str | None, sampler: str | None, sets: list[str],
