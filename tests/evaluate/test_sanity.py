@@ -50,6 +50,28 @@ def test_positive_lennard_jones_energies_are_flagged() -> None:
 
 
 def test_warnings_on_weighted_samples_say_they_concern_the_proposals() -> None:
-    metrics = {"energy_w2": 5.0, "energy_w2_floor": 0.1, "ess_fraction": 0.2}
-    (warning,) = sanity.warnings_for(metrics, torch.zeros(10), None, None)
-    assert "noise floor" in warning and "unweighted proposals" in warning
+    metrics = {"ess_fraction": 0.2}
+    exploded = torch.full((50,), 1e6, dtype=torch.float64)
+    (warning,) = sanity.warnings_for(metrics, exploded, None, 0.0)
+    assert "above 0" in warning and "unweighted proposals" in warning
+    # the energy W2 metric already judges the weighted law: no such note
+    (w2,) = sanity.warnings_for({"energy_w2": 5.0, "energy_w2_floor": 0.1, "ess_fraction": 0.2},
+                                torch.zeros(10), None, None)
+    assert "noise floor" in w2 and "unweighted" not in w2
+
+
+def test_weighted_samples_are_judged_by_the_law_their_weights_give() -> None:
+    """Proposals from a wrong temperature with exact importance weights: the weighted set is
+    the target's law, so energy W2 is near its floor; without the weights (broken) it is far."""
+    target = targets.get("gmm40")
+    g = torch.Generator().manual_seed(0)
+    ref = target.sample(4000, generator=g)
+    # a wide Gaussian proposal N(0, 40^2 I) with its exact log-density
+    x = 40.0 * torch.randn(4000, 2, generator=g, dtype=torch.float64)
+    log_q = -0.5 * (x / 40.0).square().sum(-1) - torch.log(torch.tensor(2 * torch.pi * 1600.0))
+    log_w = target.log_prob(x) - log_q
+    weighted = evaluate(x, target, reference=ref, log_w=log_w, max_ot=500,
+                        generator=torch.Generator().manual_seed(1))
+    plain = evaluate(x, target, reference=ref, max_ot=500,
+                     generator=torch.Generator().manual_seed(1))
+    assert weighted["energy_w2"] < 10 * weighted["energy_w2_floor"] < plain["energy_w2"]

@@ -2,7 +2,9 @@
 
 The keys and their conventions are listed in `CONVENTIONS`; a key ending in `_floor` (`_floor_std`)
 is the mean (std) of the same metric between two disjoint reference subsets of the same sizes,
-the value a perfect sampler would get.
+the value a perfect sampler would get. Samples that come with importance weights are judged as
+the equally weighted set their weights select (systematic resampling, as many draws as
+samples), so the metrics describe the corrected law, not the proposal.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import torch
 from torch import Tensor
 
 from boltzkit.evaluate import metrics as M
-from boltzkit.mc.estimators import weight_summary
+from boltzkit.mc.estimators import normalised_weights, weight_summary
+from boltzkit.mc.resampling import systematic
 from boltzkit.targets.base import Target
 
 CONVENTIONS: dict[str, str] = {
@@ -197,15 +200,16 @@ def evaluate(
     out = {"n_samples": float(len(finite)), "n_nonfinite_samples": float((~finite).sum())}
     energies = _energies(t, x) if len(x) else x.new_zeros(0)
     out["n_nonfinite_energy"] = float((~torch.isfinite(energies)).sum())
+    w = None if log_w is None else log_w.detach()[finite]
     if log_w is not None:
         out.update(weight_summary(log_w))
         if t.log_Z is not None:
             out["log_Z_error"] = out["log_Z"] - t.log_Z
+    if _is_molecule(t) and len(x):
+        out.update(_molecule_metrics(x, reference, w))
+    x = _resampled(x, w)
     if M.is_mixture(t) and len(x):
         out.update(_mode_metrics(x, t))
-    if _is_molecule(t) and len(x):
-        w = None if log_w is None else log_w.detach()[finite]
-        out.update(_molecule_metrics(x, reference, w))
     if reference is None and t.has_exact_samples and len(x) >= 2:
         reference = t.sample(2 * min(len(x), max_ot), generator=generator)
     if reference is not None:
@@ -214,6 +218,16 @@ def evaluate(
     if nan_keys:
         raise RuntimeError(f"evaluate produced NaN for {nan_keys}; this is a bug")
     return out
+
+
+def _resampled(x: Tensor, log_w: Tensor | None) -> Tensor:
+    """Weighted samples as the equally weighted set their weights select (systematic
+    resampling, as many draws as samples): the sample metrics then judge the weighted law, not
+    the proposal. Unweighted samples, or weights that are all zero, are returned as they are."""
+    if log_w is None or len(x) == 0 or not bool(torch.isfinite(log_w).any()):
+        return x
+    idx = systematic(torch.log(normalised_weights(log_w))[None, :])[0]
+    return x[idx.to(x.device)]
 
 
 __all__ = ["CONVENTIONS", "evaluate"]

@@ -33,14 +33,15 @@ def warnings_for(metrics: Mapping[str, float], energies: Tensor,
     """
     about_samples = [
         _outside_reference(energies, reference_energies),
-        _energy_w2(metrics),
         _above_typical(energies, typical_energy_max),
     ]
-    if metrics.get("ess_fraction") is not None:  # weighted samples: the checks see proposals
+    if metrics.get("ess_fraction") is not None:  # weighted samples: these checks see proposals
         note = (" (of the unweighted proposals; the importance weights correct them, ESS/N = "
                 f"{metrics['ess_fraction']:.3g})")
         about_samples = [w + note if w else w for w in about_samples]
-    found = [_nonfinite(metrics), *about_samples, _degenerate_weights(metrics)]
+    # the metrics themselves judge the weighted law (evaluation resamples by the weights)
+    found = [_nonfinite(metrics), *about_samples, _energy_w2(metrics),
+             _degenerate_weights(metrics)]
     return [w for w in found if w]
 
 

@@ -11,6 +11,7 @@ from boltzkit.core.registry import Registry
 
 REGISTRY = Registry("experiment", {
     "amc-gmm": "boltzkit.experiments.amc_gmm:run",
+    "budget-curves": "boltzkit.experiments.budget_curves:run",
     "idem-verdict": "boltzkit.experiments.idem_verdict:run",
     "trade-gmm": "boltzkit.experiments.trade_exps:run_gmm",
     "trade-multi-well": "boltzkit.experiments.trade_exps:run_multi_well",
