@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -93,3 +94,22 @@ def _parse(text: str, tp: Any, key: str) -> Any:
         except ValueError:
             raise UsageError(f"{key}={text!r} is not a valid {tp.__name__}") from None
     raise UsageError(f"{key}: cannot parse a value of type {tp} from the command line")
+
+
+def check_ranges(config: Any, *, positive: Iterable[str] = (), nonnegative: Iterable[str] = (),
+                 fractions: Iterable[str] = ()) -> None:
+    """Range checks of numeric config fields, for `__post_init__`: `positive` must be > 0,
+    `nonnegative` >= 0, `fractions` in [0, 1]; all finite. A field that is None (optional) is
+    skipped. A violation is a `UsageError` naming the field, the valid range and the value."""
+    rules = [(positive, "> 0", lambda v: v > 0), (nonnegative, ">= 0", lambda v: v >= 0),
+             (fractions, "in [0, 1]", lambda v: 0 <= v <= 1)]
+    for names, valid, ok in rules:
+        for name in names:
+            value = getattr(config, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if not (math.isfinite(value) and ok(value)):
+                raise UsageError(f"{type(config).__name__}.{name} must be {valid} and finite, "
+                                 f"got {value}")

@@ -38,6 +38,8 @@ from zuko.transforms import (
     MonotonicRQSTransform,
 )
 
+from boltzkit.core.config import check_ranges
+
 FlowKind = Literal["affine", "additive", "spline", "circular"]
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU, "tanh": nn.Tanh}
 
@@ -68,6 +70,9 @@ class FlowArchitecture:
     depth: int = 2
     bins: int = 8
     bound: float = 5.0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("n_layers", "hidden", "depth", "bins", "bound"))
 
     def flow_config(self, dim: int, **extra: Any) -> FlowConfig:
         """The flow architecture for `dim` coordinates (extra: conditional, latent_power, ...)."""

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from boltzkit.core.config import check_ranges
 from boltzkit.core.errors import UsageError
 from boltzkit.models.flow_objectives import (
     forward_kl_loss,
@@ -61,6 +62,12 @@ class Config(FlowArchitecture):
     # (boltzkit.samplers.distributed); 1 and one rank: the plain batch
     n_shards: int = 1
     device: str = "cpu"  # where the flow lives; the target must be there (`Target.to`)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, positive=("n_steps", "batch_size", "lr", "grad_clip", "n_data",
+                                     "log_every", "n_shards"),
+                     nonnegative=("forward_weight", "checkpoint_every"))
 
 
 # ---- training ----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from boltzkit.core import presets
-from boltzkit.core.config import to_dict
+from boltzkit.core.config import check_ranges, to_dict
 from boltzkit.core.errors import UsageError
 from boltzkit.diffusion.schedules import VESchedule
 from boltzkit.diffusion.sde import reverse_sde
@@ -106,6 +106,18 @@ class Config:
     # `boltzkit.samplers.idem.exact`), costing n_samples energy evaluations; "none": the SDE's
     correction: Literal["none", "ode"] = "none"
     ode_tolerance: float = 1e-5
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=(
+            "hidden", "n_layers", "sigma_min", "sigma_max", "n_mc", "clip_score", "buffer_size",
+            "n_outer", "n_inner", "batch_size", "n_generate", "n_sde_steps", "lr", "grad_clip",
+            "n_init", "scale", "max_elements", "ode_tolerance"),
+            nonnegative=("loss_weight_eps", "noise_scale", "checkpoint_every",
+                         "train_chunk_edges"),
+            fractions=("ema_decay",))
+        if self.sigma_min >= self.sigma_max:
+            raise UsageError(f"iDEM needs sigma_min < sigma_max, got {self.sigma_min}, "
+                             f"{self.sigma_max}")
 
 
 PRESET_FILE = "idem"  # boltzkit/presets/idem.toml

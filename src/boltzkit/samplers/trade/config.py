@@ -8,6 +8,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from boltzkit.core.config import check_ranges
+from boltzkit.core.errors import UsageError
 from boltzkit.models.flows import FlowArchitecture
 
 Method = Literal["trade", "latent_nll", "reverse_kl", "nll_reverse_kl", "reweight"]
@@ -57,6 +59,18 @@ class Config(FlowArchitecture):
     log_every: int = 50
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"  # where the flow and the conditions live; the target must be there
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, positive=(
+            "c0", "c_min", "c_max", "n_conditions", "n_per_condition", "n_grid", "ema_every",
+            "n_ema_samples", "huber_delta", "n_steps", "batch_size", "lr", "grad_clip",
+            "n_data", "log_every", "c_sample"),
+            nonnegative=("causality_eps", "weight", "warmup_steps", "checkpoint_every"),
+            fractions=("curriculum_start", "curriculum_fraction", "ema_decay"))
+        if not self.c_min <= self.c0 <= self.c_max:
+            raise UsageError(f"TRADE needs c_min <= c0 <= c_max, got {self.c_min}, {self.c0}, "
+                             f"{self.c_max}")
 
     def latent_power(self) -> float:
         if not self.latent_scaling:
