@@ -42,22 +42,27 @@ def test_full_disk_when_writing_metrics_keeps_the_old_file(bk: Any, mala_run: Pa
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(bk: Any, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
-    """The second checkpoint write fails half-way with ENOSPC (as torch.save into a file does)."""
-    real_save, calls = torch.save, []
+    """The second checkpoint write fails half-way with ENOSPC (the bytes reach the temporary
+    file, then the disk is full)."""
+    from boltzkit.core import files
 
-    def save(obj: object, f: Any, *args: object, **kwargs: object) -> None:
-        calls.append(f)
+    real_write, calls = files._write, []
+
+    def write(path: Path, data: bytes) -> None:
+        if not str(path).endswith(".pt.tmp"):
+            return real_write(path, data)
+        calls.append(path)
         if len(calls) < 2:
-            return real_save(obj, f, *args, **kwargs)
-        Path(f).write_bytes(b"half a checkpoint")
+            return real_write(path, data)
+        Path(path).write_bytes(data[: len(data) // 2])
         _enospc()
 
-    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(files, "_write", write)
     out = tmp_path / "run"
     result = bk.cli("sample", "gmm40", "--sampler", "mala", "--budget", 20_000, "--out", out,
                     *RUN)
     bk.error(result, 1, "No space left on device")
-    monkeypatch.setattr(torch, "save", real_save)
+    assert len(calls) >= 2
     checkpoints = list(out.glob("*checkpoint*.pt"))
     assert len(checkpoints) == 1 and isinstance(torch.load(checkpoints[0], weights_only=False),
                                                 dict)

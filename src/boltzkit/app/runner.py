@@ -288,10 +288,6 @@ def check_sizes(budget: int, n_samples: int) -> None:
 
 
 
-def _as_dict(items: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
-    return dict(items) if isinstance(items, Mapping) else configs.parse_assignments(items)
-
-
 def _call_with_sampler(make: Callable[..., Any], sampler: str | None, *args: Any) -> Any:
     try:
         accepts = "sampler" in inspect.signature(make).parameters

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from boltzkit.core.errors import UsageError
+from boltzkit.core.files import atomic_torch_save
 from boltzkit.samplers import Callback, null_callback
 from boltzkit.targets.base import Target
 
@@ -100,11 +101,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Writes `state` to `path` atomically: a temporary file renamed over the old checkpoint."""
+    """Writes `state` to `path` atomically (`boltzkit.core.files.atomic_torch_save`: a temporary
+    file renamed over the old checkpoint; a failing disk is an `EnvironmentProblem` naming the
+    path and the cause, and leaves the previous checkpoint intact)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(state, path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
