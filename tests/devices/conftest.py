@@ -1,4 +1,4 @@
-"""The `device` fixture of tests/devices: "cpu", and "cuda" where a GPU is present."""
+"""The `device` fixture of tests/devices: "cpu", and "cuda" (skipped where no GPU is present)."""
 
 import pytest
 from tests.devices.guard import DEVICES

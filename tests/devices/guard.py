@@ -6,7 +6,7 @@ returns a meta tensor, and any op mixing it with a CPU tensor raises ("Tensor on
 not on the expected device cpu"), or the module's output ends up on meta, which `assert_on`
 catches. On CUDA inputs the default device stays CPU, so the same forgotten `device=` mixes CPU
 and CUDA tensors and raises (torch lets 0-dim CPU tensors through there, so the CPU run under
-meta is the stricter check). CI has no GPU: there only "cpu" runs.
+meta is the stricter check). CI has no GPU: there the "cuda" cases are skipped.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import torch
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]  # the cuda cases show as skipped on CPU
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
-"""`boltzkit sample --device` (and `reference --device`): the sampler's config and the target
-follow it end to end; a device this machine lacks is a one-line usage error (exit 2) naming the
-devices it has."""
+"""`--device` on sample, reference, bench and experiment: the sampler's config and the target
+follow it end to end; a device this machine lacks (cuda without CUDA, cuda:N beyond the count)
+is a one-line usage error (exit 2) naming the devices it has, before anything is written."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.devices.guard import DEVICES
 from typer.testing import CliRunner
 
 from boltzkit.app import runner
@@ -25,20 +26,29 @@ def invoke(*args: str) -> object:
     return CliRunner().invoke(app, list(args))
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:1", "tpu", "meta"])
-def test_a_missing_device_is_a_usage_error(device: str) -> None:
-    if device.startswith("cuda") and not NO_CUDA and torch.cuda.device_count() > 1:
-        pytest.skip("this machine has the device")
-    res = invoke("sample", "gmm40", "--sampler", "mala", "--budget", "2000", "--device", device)
+N_CUDA = torch.cuda.device_count() if torch.cuda.is_available() else 0
+# "cuda" where this machine has none, "cuda:N" one beyond those it has, and non-devices.
+ABSENT = [pytest.param("cuda", marks=pytest.mark.skipif(N_CUDA > 0, reason="CUDA is here")),
+          f"cuda:{N_CUDA}", "tpu", "meta"]
+OUT = ["--out", "OUT"]  # replaced by a fresh directory
+COMMANDS = {
+    "sample": ["sample", "gmm40", "--sampler", "mala", "--budget", "2000", *OUT],
+    "reference": ["reference", "dw4", "--n-samples", "10"],  # writes to the cache only
+    "bench": ["bench", "--quick", *OUT],
+    "experiment": ["experiment", "amc-gmm", "--set", "preset=quick", *OUT],
+}
+
+
+@pytest.mark.parametrize("device", ABSENT)
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_missing_device_is_a_usage_error(command: str, device: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = invoke(*[str(out) if a == "OUT" else a for a in COMMANDS[command]], "--device", device)
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "available: cpu" in lines[0] and repr(device) in lines[0], lines
-    assert "Traceback" not in res.output
-
-
-def test_reference_refuses_a_missing_device() -> None:
-    res = invoke("reference", "dw4", "--n-samples", "10", "--device", "tpu")
-    assert res.exit_code == 2 and "available: cpu" in res.output, res.output
+    assert len(lines) == 1 and lines[0].startswith("Error: --device: "), lines
+    assert "available: cpu" in lines[0] and repr(device) in lines[0], lines
+    assert not out.exists()  # refused before anything was written
 
 
 def test_check_device_names_the_devices() -> None:
@@ -60,7 +70,7 @@ def test_the_runner_moves_the_target_to_the_config_device(
     assert moved.counter is target.counter and target.means.device.type == "cpu"
 
 
-@pytest.mark.parametrize("device", ["cpu"] + ([] if NO_CUDA else ["cuda"]))
+@pytest.mark.parametrize("device", DEVICES)
 def test_sample_runs_on_the_device(tmp_path: Path, device: str) -> None:
     out = tmp_path / "run"
     res = invoke("sample", "two-modes", "--sampler", "smc", "--budget", "20000", "--n-samples",

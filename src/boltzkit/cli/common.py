@@ -145,16 +145,20 @@ def command_line(ctx: typer.Context) -> list[str]:
 # ---- commands -----------------------------------------------------------------------------
 
 
-def with_device(device: str | None, sets: list[str] | None) -> list[str] | None:
-    """`--set` assignments with `device=DEVICE` appended; exit 2 naming the devices this machine
-    has when it lacks DEVICE."""
-    if device is None:
-        return sets
+def checked_device(device: str) -> str:
+    """`--device DEVICE` if this machine has it; else exit 2 with one line naming the devices
+    it has (cpu, and cuda, cuda:0, ... where CUDA is present)."""
     try:
-        runner.check_device(device)
+        return runner.check_device(device)
     except UsageError as err:
         raise fail(f"--device: {err}") from None
-    return [*(sets or []), f"device={device}"]
+
+
+def with_device(device: str | None, sets: list[str] | None) -> list[str] | None:
+    """`--set` assignments with `device=DEVICE` appended (DEVICE checked by `checked_device`)."""
+    if device is None:
+        return sets
+    return [*(sets or []), f"device={checked_device(device)}"]
 
 
 def print_warnings(warnings: list[str]) -> None:

@@ -16,6 +16,7 @@ from boltzkit.app.progress import LogFile, RichProgress
 from boltzkit.cli.common import (
     SetOpt,
     app,
+    checked_device,
     clean_errors,
     command_line,
     console,
@@ -109,6 +110,8 @@ def experiment_command(
     address: Annotated[str | None, typer.Option(
         help="Ray cluster to join (HOST:PORT or auto); with --executor ray.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    device: Annotated[str, typer.Option(
+        help="cpu, cuda or cuda:N: where every run of the experiment works.")] = "cpu",
 ) -> None:
     """Run a named experiment (tables and figures go to --out)."""
     from boltzkit import experiments
@@ -119,18 +122,19 @@ def experiment_command(
         extra = _experiment_executor(name, run, executor, workers, address)
     except UsageError as err:
         raise fail(str(err)) from None
+    checked_device(device)
     with clean_errors():
         runner.rundir.make_dir(out)
         runner.seed_everything(seed)
         runner.rundir.write_json(out / "experiment.json", {
             "experiment": name, "overrides": set_ or [], "seed": seed,
-            "executor": executor,
+            "executor": executor, "device": device,
             "command": command_line(ctx), "environment": runner.rundir.environment()})
     try:
         with LogFile(out / "log.txt") as log, RichProgress(
                 err_console, log=log.write, enabled=not quiet) as progress, tracking.track(
                 progress, out) as callback:
-            headline = run(out, set_ or [], callback, **extra)
+            headline = run(out, set_ or [], callback, device=device, **extra)
     except UsageError as err:
         raise fail(str(err)) from None
     runner.rundir.write_json(out / "headline.json", headline)
@@ -200,6 +204,7 @@ def bench_command(
     """Leaderboard of samplers x targets at stated budgets; writes report.html and report.md."""
     from boltzkit.app import bench, executors
 
+    checked_device(device)
     out = out or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         plan = bench.plan(quick, target, sampler, budget, seed, device)

@@ -164,7 +164,8 @@ def train_dsm(target: Target, schedule: Schedule, config: DSMConfig = DSMConfig(
     data = target.sample(config.n_train).float()
     data_var = float(data.var(0).mean())
     make = EnergyNet if config.parametrisation == "energy" else ScoreNet
-    net = make(target.dim, config.hidden, config.n_layers, config.time_dim, data_var)
+    with torch.device(data.device):  # parameters initialised where the target's samples are
+        net = make(target.dim, config.hidden, config.n_layers, config.time_dim, data_var)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     lam_hi = float(schedule.log_snr(config.t_min))
     lam_lo = float(schedule.log_snr(schedule.t_max))
@@ -195,7 +196,7 @@ class LevelDiagnostics(NamedTuple):
     `[L, K]`: the component weights of the learned density, sum_i w_i r_k(x_i) / sum_i w_i
     with w = p_theta,t / p_t on exact samples and r_k the responsibilities of the noised
     mixture's components (exact value: the mixture weights, at every noise level). NaN where
-    the model has no log-density."""
+    the model has no log-density. All on the host, whatever device the models use."""
 
     times: Tensor
     log_snr: Tensor
@@ -208,7 +209,8 @@ def level_diagnostics(learned: LearnedModel, perfect: Any, times: Tensor,
                       n_samples: int = 2000) -> LevelDiagnostics:
     """Compares `learned` with the perfect model at each time in `times` (0 < t <= t_max), on
     exact samples of p_t; nothing is charged to either model's counters."""
-    times = torch.as_tensor(times, dtype=torch.float64)
+    host = {"dtype": torch.float64, "device": "cpu"}  # diagnostics are kept on the host
+    times = torch.as_tensor(times, **host)
     fisher, ess, modes = [], [], []
     for t in times.tolist():
         exact = perfect.marginal(t).uncounted()
@@ -226,7 +228,6 @@ def level_diagnostics(learned: LearnedModel, perfect: Any, times: Tensor,
             modes.append(estimators.normalised_weights(log_w).to(resp.dtype) @ resp)
         else:
             ess.append(float("nan"))
-            modes.append(torch.full((n_modes,), float("nan"), dtype=torch.float64))
-    f64 = torch.float64
-    return LevelDiagnostics(times, learned.schedule.log_snr(times), torch.tensor(fisher, dtype=f64),
-                            torch.tensor(ess, dtype=f64), torch.stack(modes))
+            modes.append(torch.full((n_modes,), float("nan"), **host))
+    return LevelDiagnostics(times, learned.schedule.log_snr(times), torch.tensor(fisher, **host),
+                            torch.tensor(ess, **host), torch.stack([m.cpu() for m in modes]))

@@ -219,8 +219,8 @@ def time_grid(schedule: Schedule, n_steps: int, kind: GridKind = "log_snr", *,
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     if not 0 < t_min < schedule.t_max:
         raise ValueError(f"t_min must lie in (0, t_max={schedule.t_max}), got {t_min}")
-    u = torch.linspace(0, 1, n_steps, dtype=torch.float64) if n_steps > 1 else torch.zeros(
-        1, dtype=torch.float64)
+    host = {"dtype": torch.float64, "device": "cpu"}  # a grid of times is read on the host
+    u = torch.linspace(0, 1, n_steps, **host) if n_steps > 1 else torch.zeros(1, **host)
     lam_lo, lam_hi = schedule.log_snr(schedule.t_max), schedule.log_snr(t_min)
     if kind == "uniform":
         times = schedule.t_max + u * (t_min - schedule.t_max)

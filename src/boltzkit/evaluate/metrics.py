@@ -192,7 +192,7 @@ def mode_assignments(x: Tensor, target: object) -> Tensor:
     (`[n, K]`, log w_k + log N_k(x): the component with the largest posterior responsibility).
     """
     if hasattr(target, "assign"):
-        return torch.as_tensor(target.assign(x)).long()
+        return torch.as_tensor(target.assign(x), device=x.device).long()
     return target.component_log_prob(x).argmax(dim=-1)
 
 

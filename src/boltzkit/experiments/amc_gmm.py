@@ -112,7 +112,7 @@ def make_mixture(name: str, d: int, a: float) -> GaussianMixture:
 def weighted_mode_error(x: torch.Tensor, log_W: torch.Tensor, target: GaussianMixture) -> float:
     """max_k 100 |sum_i W_i 1[x_i in mode k] - w_k| (percentage points)."""
     labels = metrics.mode_assignments(x, target)
-    w_hat = torch.zeros(target.n_components, dtype=torch.float64).index_add_(
+    w_hat = torch.zeros(target.n_components, dtype=torch.float64, device=x.device).index_add_(
         0, labels, log_W.exp())
     return float(100 * (w_hat - target.weights.double()).abs().max())
 
@@ -143,12 +143,12 @@ def run_one(target: GaussianMixture, model: Any, kernel_name: str, use_mcmc: boo
     return row, ess
 
 
-def train_model(cfg: dict[str, Any], mixture: str, d: int, a: float, model: str, path: str
-                ) -> dict[str, Any]:
+def train_model(cfg: dict[str, Any], mixture: str, d: int, a: float, model: str, path: str,
+                device: str = "cpu") -> dict[str, Any]:
     """Task: trains the learned model `model` ("learned-energy" or "learned-score") by
-    denoising score matching (seed 10000 + d), saves it to `path` (torch.save) and returns its
-    per-level diagnostic rows, final loss and training time."""
-    config, target = configs.override(Config(), cfg), make_mixture(mixture, d, a)
+    denoising score matching (seed 10000 + d) on `device`, saves it to `path` (torch.save) and
+    returns its per-level diagnostic rows, final loss and training time."""
+    config, target = configs.override(Config(), cfg), make_mixture(mixture, d, a).to(device)
     schedule = SCHEDULES[config.schedule]()
     torch.manual_seed(10_000 + d)
     dsm = DSMConfig(parametrisation=model.split("-")[1], n_steps=config.train_steps,
@@ -158,7 +158,7 @@ def train_model(cfg: dict[str, Any], mixture: str, d: int, a: float, model: str,
     wall = time.perf_counter() - start
     times = time_grid(schedule, config.n_steps, config.grid, t_min=config.t_min)[1:-1]
     diag = level_diagnostics(trained.model, PerfectModel(target, schedule), times)
-    mode_err = 100 * (diag.mode_weights - target.weights).abs().amax(-1)
+    mode_err = 100 * (diag.mode_weights - target.weights.cpu()).abs().amax(-1)
     key = {"mixture": mixture, "d": d, "a": a, "model": model}
     rows = [{**key, "t": float(diag.times[i]), "log_snr": float(diag.log_snr[i]),
              "fisher": float(diag.fisher[i]), "ess_fraction": float(diag.ess_fraction[i]),
@@ -169,23 +169,27 @@ def train_model(cfg: dict[str, Any], mixture: str, d: int, a: float, model: str,
 
 
 def run_model(cfg: dict[str, Any], mixture: str, d: int, a: float, model: str, mcmc: bool,
-              kernel: str, seed: int, model_path: str | None) -> dict[str, Any]:
-    """Task: one SMC run (`run_one`, seeded with `seed`) with the perfect model or the learned
-    one saved at `model_path`; returns its table row and ESS/N trace."""
-    config, target = configs.override(Config(), cfg), make_mixture(mixture, d, a)
+              kernel: str, seed: int, model_path: str | None, device: str = "cpu"
+              ) -> dict[str, Any]:
+    """Task: one SMC run (`run_one`, seeded with `seed`) on `device` with the perfect model or
+    the learned one saved at `model_path`; returns its table row and ESS/N trace."""
+    config, target = configs.override(Config(), cfg), make_mixture(mixture, d, a).to(device)
     if model == "perfect":
         diffusion = PerfectModel(target, SCHEDULES[config.schedule]())
     else:
-        diffusion = torch.load(model_path, weights_only=False)
+        diffusion = torch.load(model_path, map_location=device, weights_only=False)
     row, ess = run_one(target, diffusion, kernel, mcmc, seed, config)
     meta = {"mixture": mixture, "d": d, "a": a, "model": model, "mcmc": mcmc, "kernel": kernel,
             "seed": seed}
     return {"row": {**meta, **row}, "ess": ess}
 
 
-def tasks(blocks: list[Config], out_dir: Path) -> tuple[list[Task], list[Task]]:
-    """The sweep as tasks: one training task per learned model and (mixture, d, a), one task
-    per run (block x mixture x d x a x model x mcmc x kernel x seed; duplicates once)."""
+def tasks(blocks: list[Config], out_dir: Path, device: str = "cpu"
+          ) -> tuple[list[Task], list[Task]]:
+    """The sweep as tasks on `device`: one training task per learned model and (mixture, d, a),
+    one task per run (block x mixture x d x a x model x mcmc x kernel x seed; duplicates once).
+    The device is no part of a task's key: a run finished on one device is not redone on
+    another."""
     train: dict[str, Task] = {}
     runs: dict[str, Task] = {}
     for cfg in blocks:
@@ -197,24 +201,27 @@ def tasks(blocks: list[Config], out_dir: Path) -> tuple[list[Task], list[Task]]:
             if name != "perfect":
                 key = task_key(f"train-{mix}-d{d}-a{a:g}-{name}", coords)
                 path = str(out_dir / "models" / f"{key}.pt")
-                train.setdefault(key, Task(key, train_model, {**coords, "path": path}))
+                train.setdefault(key, Task(key, train_model, {**coords, "path": path,
+                                                                "device": device}))
             for use_mcmc, kernel, seed in itertools.product(cfg.mcmc, cfg.kernels, cfg.seeds):
                 if not _valid(name, use_mcmc, kernel):
                     continue
                 kw = {**coords, "mcmc": use_mcmc, "kernel": kernel, "seed": seed}
                 key = task_key(f"{mix}-d{d}-a{a:g}-{name}-{'mcmc-' * use_mcmc}{kernel}-s{seed}",
                                kw)
-                runs.setdefault(key, Task(key, run_model, {**kw, "model_path": path}))
+                runs.setdefault(key, Task(key, run_model, {**kw, "model_path": path,
+                                                            "device": device}))
     return list(train.values()), list(runs.values())
 
 
 def run(out_dir: Path, overrides: list[str], callback: Callback,
-        executor: Executor | None = None) -> dict[str, Any]:
+        executor: Executor | None = None, device: str = "cpu") -> dict[str, Any]:
     """Diffusion-annealed SMC on Gaussian mixtures: denoising kernels x perfect/learned models.
 
     Runs the preset's blocks as independent tasks on `executor` (default serial; each task
     seeds itself, so the tables do not depend on it; runs finished in `out_dir/runs` by an
-    earlier call are skipped), writes the tables and figures, returns headline numbers."""
+    earlier call are skipped), every run on `device`, writes the tables and figures, returns
+    headline numbers."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     executor = executor or Serial()
@@ -224,7 +231,7 @@ def run(out_dir: Path, overrides: list[str], callback: Callback,
     (out_dir / "configs.json").write_text(json.dumps(
         {"preset": preset, "blocks": [configs.to_dict(c) for c in blocks]}, indent=2))
     started = time.perf_counter()
-    train_tasks, run_tasks = tasks(blocks, out_dir)
+    train_tasks, run_tasks = tasks(blocks, out_dir, device)
     trained = executor.map(train_tasks, out_dir / "runs", callback)
     for key, value in trained.values.items():
         callback("log", message=f"trained {key}: final loss {value['final_loss']:.4f} "

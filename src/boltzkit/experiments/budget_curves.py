@@ -70,15 +70,17 @@ def settings_from(overrides: list[str]) -> Settings:
     return settings
 
 
-def run_one(settings: Settings, target: str, method: str, budget: int, out: Path) -> dict:
-    """One run of `method` on `target` under `budget`: its metrics (and a failure reason)."""
+def run_one(settings: Settings, target: str, method: str, budget: int, out: Path,
+            device: str = "cpu") -> dict:
+    """One run of `method` on `target` under `budget` on `device`: its metrics (and a failure
+    reason)."""
     sampler, sets = METHODS[method]
     preset = f"{target}-quick" if sampler == "idem" and settings.quick_idem else None
     try:
         outcome = runner.run_sampler(
             target_name=target, sampler=sampler, budget=budget, seed=settings.seed,
-            out=out / f"{target}-{method}-{budget}", sets=list(sets), preset=preset,
-            n_samples=settings.n_samples, figures=False)
+            out=out / f"{target}-{method}-{budget}", sets=[*sets, f"device={device}"],
+            preset=preset, n_samples=settings.n_samples, figures=False)
     except runner.UsageError as err:  # e.g. a budget that buys no training step
         return {"failed": str(err)}
     return dict(outcome.metrics)
@@ -97,8 +99,10 @@ def verdict(rows: list[dict[str, Any]], target: str, metric: str) -> str:
     return f"no neural method beats PT on {metric} in the budgets measured"
 
 
-def run(out_dir: Path, overrides: list[str], callback: Callback) -> dict[str, Any]:
-    """Samplers against energy budget on particle targets; curves, tables and a verdict."""
+def run(out_dir: Path, overrides: list[str], callback: Callback, device: str = "cpu"
+        ) -> dict[str, Any]:
+    """Samplers against energy budget on particle targets; curves, tables and a verdict (every
+    run on `device`)."""
     settings = settings_from(overrides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +111,7 @@ def run(out_dir: Path, overrides: list[str], callback: Callback) -> dict[str, An
     callback("start", total=len(runs), unit="run", description="budget curves")
     rows = []
     for target, method, budget in runs:
-        metrics = run_one(settings, target, method, budget, out_dir / "runs")
+        metrics = run_one(settings, target, method, budget, out_dir / "runs", device)
         rows.append({"target": target, "method": method, "budget": budget, **metrics})
         callback("advance", n=1)
     callback("end")

@@ -49,9 +49,11 @@ class VerdictConfig:
     resume: bool = False
 
 
-def run(out_dir: Path, overrides: list[str], callback: Callback = null_callback) -> dict:
+def run(out_dir: Path, overrides: list[str], callback: Callback = null_callback,
+        device: str = "cpu") -> dict:
     """iDEM against MCMC baselines given the same number of energy evaluations.
 
+    Every sampler runs on `device` (the target moved there); the evaluation runs on the host.
     Runs the comparison, writes `verdict.md` and `verdict.json` into out_dir, returns the
     headline numbers (per method and metric, plus `winner`)."""
     from boltzkit.app import runner
@@ -61,20 +63,22 @@ def run(out_dir: Path, overrides: list[str], callback: Callback = null_callback)
     out_dir = Path(out_dir)
     cfg, idem_sets, mcmc_sets = _split_overrides(overrides)
     target = runner.build_target(cfg.target)
-    idem_cfg = override(idem.preset(cfg.preset), idem_sets)
+    idem_cfg = dataclasses.replace(override(idem.preset(cfg.preset), idem_sets), device=device)
+    on_device = runner.on_config_device(target, idem_cfg)  # shares the target's counter
     reference = references.resolve_reference(target.uncounted(), cfg.target, path=cfg.reference,
                                          n=cfg.n_samples)
     results: dict[str, SampleResult] = {}
     seconds: dict[str, float] = {}
-    results["idem"] = idem.sample(target, idem_cfg, n_samples=cfg.n_samples, budget=cfg.budget,
+    results["idem"] = idem.sample(on_device, idem_cfg, n_samples=cfg.n_samples, budget=cfg.budget,
                                   callback=callback, run_dir=out_dir / "idem",
                                   resume=cfg.resume)
     seconds["idem"] = results["idem"].diagnostics["wall_seconds"]  # all processes if resumed
     spent = results["idem"].counts["n_energy"]
     for name in cfg.baselines:
         start = time.perf_counter()
-        results[name] = _baseline(name, target, cfg, mcmc_sets, spent, callback)
+        results[name] = _baseline(name, on_device, cfg, mcmc_sets, spent, callback)
         seconds[name] = time.perf_counter() - start
+    results = {n: r._replace(samples=r.samples.cpu()) for n, r in results.items()}  # the host
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({n: r.samples for n, r in results.items()}, out_dir / "samples.pt")
     table = {name: evaluate(r.samples, target, reference.samples, max_ot=cfg.max_ot)
@@ -139,6 +143,7 @@ def _baseline(name: str, target: Any, cfg: VerdictConfig, sets: dict[str, str], 
         config = mc.Config(name)
     fields = {f.name for f in dataclasses.fields(config)}
     config = override(config, {k: v for k, v in sets.items() if k in fields})
+    config = dataclasses.replace(config, device=str(target.device))
     return mc.sample(target, config, n_samples=cfg.n_samples, budget=budget, callback=callback)
 
 

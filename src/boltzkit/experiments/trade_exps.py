@@ -22,6 +22,7 @@ out_dir; entry points seed torch and record the seed, threads and load.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -103,20 +104,30 @@ def trade_config(settings: Settings, method: str, **problem: Any) -> trade.Confi
 
 
 def train_methods(settings: Settings, family: Family, data: trade.Data, problem: dict[str, Any],
-                  callback: Callback, context_dim: int = 0
+                  callback: Callback, context_dim: int = 0, device: str = "cpu"
                   ) -> dict[str, tuple[ConditionalFlow, dict[str, Any]]]:
-    """One flow per method, each from the same seed and data."""
+    """One flow per method, each from the same seed and data, trained on `device` (the target
+    and the data moved there) and handed back on the host, where the evaluation runs."""
+    family, data = on_device(family, data, device)
     out = {}
     for method in settings.methods:
-        config = trade_config(settings, method, **problem)
+        config = dataclasses.replace(trade_config(settings, method, **problem), device=device)
         torch.manual_seed(settings.seed)
         flow = trade.build_flow(config, data.x.shape[-1], data.x, context_dim)
         callback("log", message=f"training {method}")
         record = trade.train(flow, family, config, data, callback=callback)
         callback("log", message=f"{method}: {record['n_steps']} steps in "
                                 f"{record['seconds']:.0f} s")
-        out[method] = (flow.eval(), record)
+        out[method] = (flow.to("cpu").eval(), record)
     return out
+
+
+def on_device(family: Family, data: trade.Data, device: str) -> tuple[Family, trade.Data]:
+    """The family (its target moved by `Target.to`, sharing its counter) and the boundary data
+    on `device`."""
+    context = None if data.context is None else data.context.to(device)
+    return (Family(family.target.to(device), family.parameter, family.c_ref),
+            trade.Data(data.x.to(device), data.c.to(device), context))
 
 
 # ---- tables -------------------------------------------------------------------------------
@@ -223,7 +234,7 @@ def gmm_kl(flow: ConditionalFlow, reference: tuple[Tensor, Tensor, Tensor],
     return float(est.mean), float(est.se)
 
 
-def run_gmm(out_dir: Path, overrides: list[str], callback: Callback
+def run_gmm(out_dir: Path, overrides: list[str], callback: Callback, device: str = "cpu"
             ) -> dict[str, Any]:
     """TRADE vs baselines on tempered-gmm-2d (data at T = 1 only, T in [0.162, 6.16])."""
     out_dir, settings, record = begin_run(out_dir, overrides, "trade-gmm")
@@ -231,7 +242,7 @@ def run_gmm(out_dir: Path, overrides: list[str], callback: Callback
     target = get_target("tempered-gmm-2d")
     problem = {"parameter": "temperature", "c0": 1.0, "c_min": 0.162, "c_max": 6.16}
     data = trade.Data(target.sample(settings.n_data).float(), 1.0)
-    flows = train_methods(settings, Family(target), data, problem, callback)
+    flows = train_methods(settings, Family(target), data, problem, callback, device=device)
     references = {temp: gmm_reference(target, temp, settings.n_eval) for temp in GMM_TEMPERATURES}
     rows = []
     for method, (flow, rec) in flows.items():
@@ -273,8 +284,8 @@ def _density_figure(path: Path, target: Any, flows: dict[str, Any],
 
 
 # ---- multi-well-5d --------------------------------------------------------------------------
-def run_multi_well(out_dir: Path, overrides: list[str], callback: Callback
-                   ) -> dict[str, Any]:
+def run_multi_well(out_dir: Path, overrides: list[str], callback: Callback,
+                   device: str = "cpu") -> dict[str, Any]:
     """TRADE vs baselines on multi-well-5d (data at T = 1, T in [0.5, 1]); KL(p_T || q_T) from
     exact samples with the exact log Z, and ESS/N, at T = 0.5 and 1."""
     out_dir, settings, record = begin_run(out_dir, overrides, "trade-multi-well")
@@ -282,7 +293,7 @@ def run_multi_well(out_dir: Path, overrides: list[str], callback: Callback
     target = get_target("multi-well-5d")
     problem = {"parameter": "temperature", "c0": 1.0, "c_min": 0.5, "c_max": 1.0}
     data = trade.Data(target.sample(settings.n_data).float(), 1.0)
-    flows = train_methods(settings, Family(target), data, problem, callback)
+    flows = train_methods(settings, Family(target), data, problem, callback, device=device)
     rows = []
     for method, (flow, rec) in flows.items():
         for temp in (0.5, 0.7, 1.0):

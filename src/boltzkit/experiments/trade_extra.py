@@ -89,8 +89,8 @@ def bootstrap(groups: Tensor, log_w: Tensor | None, target: Phi4, n_boot: int = 
     return {k: (v, float(torch.tensor([r[k] for r in reps]).std())) for k, v in est.items()}
 
 
-def phi4_experiment(out_dir: Path, overrides: list[str], callback: Callback
-                    ) -> dict[str, Any]:
+def phi4_experiment(out_dir: Path, overrides: list[str], callback: Callback,
+                    device: str = "cpu") -> dict[str, Any]:
     """One flow over kappa in [0.22, 0.32] from HMC data at kappa = 0.25 and 0.29."""
     items = list(overrides) + ([] if any(o.startswith("methods=") for o in overrides)
                                else ["methods=trade-grid-fit,trade-free-fit,nll_data"])
@@ -107,7 +107,7 @@ def phi4_experiment(out_dir: Path, overrides: list[str], callback: Callback
     cs = torch.tensor([0.25, 0.29]).repeat_interleave(n_chains * n_keep)
     data = trade.Data(xs.float(), cs.float())
     problem = {"parameter": "kappa", "c0": 0.25, "c_min": 0.22, "c_max": 0.32}
-    flows = tx.train_methods(settings, Family(target), data, problem, callback)
+    flows = tx.train_methods(settings, Family(target), data, problem, callback, device=device)
     rows = []
     for kappa in PHI4_KAPPAS:
         mc = bootstrap(refs[kappa], None, target.with_kappa(kappa))
@@ -184,8 +184,8 @@ def calibration(flow: ConditionalFlow, ref: tuple[Tensor, Tensor, Tensor], beta:
     return ((rank[None, :] <= levels[:, None]).double() * w).sum(1)
 
 
-def two_moons_experiment(out_dir: Path, overrides: list[str], callback: Callback
-                         ) -> dict[str, Any]:
+def two_moons_experiment(out_dir: Path, overrides: list[str], callback: Callback,
+                         device: str = "cpu") -> dict[str, Any]:
     """TRADE vs the beta = 1 flow (latent scaling) on tempered two-moons posteriors."""
     items = list(overrides) + ([] if any(o.startswith("methods=") for o in overrides)
                                else ["methods=trade-free,latent_nll"])
@@ -195,7 +195,8 @@ def two_moons_experiment(out_dir: Path, overrides: list[str], callback: Callback
     theta, y = target.sample_joint(settings.n_data)
     data = trade.Data(theta.float(), 1.0, y.float())
     problem = {"parameter": "beta", "c0": 1.0, "c_min": 0.4, "c_max": 2.1}
-    flows = tx.train_methods(settings, Family(target), data, problem, callback, context_dim=2)
+    flows = tx.train_methods(settings, Family(target), data, problem, callback, context_dim=2,
+                             device=device)
     n_obs = 3 if settings.n_steps < 100 else 10
     _, observations = target.sample_joint(n_obs)
     levels = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
