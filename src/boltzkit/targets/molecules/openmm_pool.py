@@ -3,7 +3,8 @@
 OpenMM evaluates one configuration per `Context.setPositions` + `getState` call; a batch is
 split into contiguous chunks, one per context, evaluated in threads (OpenMM releases the GIL
 inside its C++ calls, so the threads run on separate cores). Each CPU-platform context runs
-single-threaded: 22 atoms are far too few to share between threads.
+single-threaded: 22 atoms are far too few to share between threads. The platform is CUDA where
+OpenMM offers it (mixed precision, as the CPU platform computes), else CPU.
 """
 
 from __future__ import annotations
@@ -24,20 +25,34 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def default_platform() -> str:
+    """"CUDA" where OpenMM lists its CUDA platform (the plugin loads only with a CUDA driver),
+    else "CPU"."""
+    import openmm
+
+    names = {openmm.Platform.getPlatform(i).getName()
+             for i in range(openmm.Platform.getNumPlatforms())}
+    return "CUDA" if "CUDA" in names else "CPU"
+
+
+_OPTIONS = {"CPU": {"Threads": "1"}, "CUDA": {"Precision": "mixed"}}
+
+
 class ContextPool:
     """E(x) in kJ/mol and F = -dE/dx in kJ/(mol nm) for batches of coordinates in nm.
 
     Args:
         system: the `openmm.System`.
         n_workers: contexts (and threads); default: the cores available.
-        platform: OpenMM platform name ("CPU", or "Reference" for the double-precision
-            reference implementation the tests compare against).
+        platform: OpenMM platform name ("CPU", "CUDA", or "Reference" for the double-precision
+            reference implementation the tests compare against); default `default_platform()`.
     """
 
-    def __init__(self, system: Any, n_workers: int | None = None, platform: str = "CPU") -> None:
+    def __init__(self, system: Any, n_workers: int | None = None,
+                 platform: str | None = None) -> None:
         self.system = system
         self.n_workers = int(n_workers or default_workers())
-        self.platform = platform
+        self.platform = platform or default_platform()
         self._contexts: list[Any] = []
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -77,7 +92,7 @@ class ContextPool:
 
         with self._lock:
             platform = openmm.Platform.getPlatformByName(self.platform)
-            options = {"Threads": "1"} if self.platform == "CPU" else {}
+            options = _OPTIONS.get(self.platform, {})
             while len(self._contexts) < n:
                 integrator = openmm.VerletIntegrator(0.001)
                 self._contexts.append(openmm.Context(self.system, integrator, platform, options))
