@@ -4,14 +4,16 @@
     boltzkit sample TARGET --sampler NAME --budget N_ENERGY_EVALS --seed S --out DIR
                     [--set key=value ...] [--preset NAME] [--n-samples N]
                     [--target-param key=value ...] [--reference PATH] [--tensorboard DIR]
+                    [--device D]
     boltzkit sample --resume RUN_DIR [--budget N]
     boltzkit evaluate RUN_DIR [--reference PATH]
     boltzkit reference TARGET [--n-samples N] [--temperature T] [--set key=value ...]
+                       [--device D]
     boltzkit experiment NAME [--set key=value ...] --out DIR [--executor serial|local|ray]
-                        [--workers N] [--address HOST:PORT]
+                        [--workers N] [--address HOST:PORT] [--device cpu|cuda|cuda:N]
     boltzkit report RUN_DIR... [--out report.html]
     boltzkit bench [--quick] [--target T ...] [--sampler S ...] [--budget N] [--out DIR]
-                   [--executor serial|local|ray] [--workers N]
+                   [--executor serial|local|ray] [--workers N] [--device D]
     boltzkit demo
 
 Bad names, keys and values exit with code 2 and a message listing the valid ones; a file or
