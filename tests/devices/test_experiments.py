@@ -172,3 +172,21 @@ def test_experiment_runs_on_cuda(name: str, device: str, tmp_path: Path) -> None
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "experiment.json").read_text())["device"] == device
     assert json.loads((tmp_path / "headline.json").read_text())
+
+
+def test_an_experiment_without_a_device_runs_on_the_cpu_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, meta_allowed: None) -> None:
+    from typer.testing import CliRunner
+
+    from boltzkit.cli import app
+
+    def cpu_only(out_dir: Path, overrides: list[str], callback: Any) -> dict[str, Any]:
+        return {"ran": 1}
+
+    monkeypatch.setattr(experiments, "get", lambda name: cpu_only)
+    res = CliRunner().invoke(app, ["experiment", "x", "--out", str(tmp_path / "a"),
+                                   "--device", "meta"])
+    assert res.exit_code == 2 and "runs on the CPU only" in res.output, res.output
+    res = CliRunner().invoke(app, ["experiment", "x", "--out", str(tmp_path / "b"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "b" / "headline.json").read_text()) == {"ran": 1}

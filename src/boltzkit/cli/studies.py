@@ -122,7 +122,7 @@ def experiment_command(
         extra = _experiment_executor(name, run, executor, workers, address)
     except UsageError as err:
         raise fail(str(err)) from None
-    checked_device(device)
+    extra.update(_experiment_device(name, run, checked_device(device)))
     with clean_errors():
         runner.rundir.make_dir(out)
         runner.seed_everything(seed)
@@ -134,7 +134,7 @@ def experiment_command(
         with LogFile(out / "log.txt") as log, RichProgress(
                 err_console, log=log.write, enabled=not quiet) as progress, tracking.track(
                 progress, out) as callback:
-            headline = run(out, set_ or [], callback, device=device, **extra)
+            headline = run(out, set_ or [], callback, **extra)
     except UsageError as err:
         raise fail(str(err)) from None
     runner.rundir.write_json(out / "headline.json", headline)
@@ -161,6 +161,16 @@ def _experiment_executor(name: str, run: Any, executor: str | None, workers: int
         raise UsageError(f"experiment {name!r} runs its runs serially and takes no --executor, "
                          f"--workers or --address (experiments that do: {', '.join(able)})")
     return {"executor": executors.make(executor or "local", workers, address)}
+
+
+def _experiment_device(name: str, run: Any, device: str) -> dict[str, Any]:
+    """{"device": ...} for experiments whose `run` takes one (every registered experiment);
+    one that does not runs on the CPU only, and another device is refused."""
+    if "device" in inspect.signature(run).parameters:
+        return {"device": device}
+    if device != "cpu":
+        raise fail(f"--device: experiment {name!r} runs on the CPU only")
+    return {}
 
 
 @app.command("report")
