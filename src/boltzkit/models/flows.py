@@ -249,8 +249,6 @@ class ConditionalFlow(nn.Module):
         rank = torch.empty(d, dtype=torch.long)
         rank[order] = torch.arange(d)
         return rank % 2 == i % 2
-        self.register_buffer("loc", torch.zeros(config.dim))
-        self.register_buffer("scale", torch.ones(config.dim))
 
     # ---- conditioning ------------------------------------------------------------------
     def _as_c(self, c: Tensor | float, n: int) -> Tensor:
