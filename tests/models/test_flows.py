@@ -16,6 +16,7 @@ CONFIGS = {
     "spline": FlowConfig(dim=3, kind="spline", latent_power=-1.0, bound=4.0),
     "spline-context": FlowConfig(dim=3, kind="spline", context_dim=1, activation="relu"),
     "circular": FlowConfig(dim=3, kind="circular"),
+    "mixed": FlowConfig(dim=3, kind="mixed", circular=(0,), latent_power=1.0, bound=4.0),
     "latent-only": FlowConfig(dim=3, kind="affine", conditional=False, latent_power=1.0),
 }
 C = torch.tensor([0.4, 0.7, 1.0, 1.6, 2.5], dtype=torch.float64)
@@ -28,9 +29,10 @@ def _flow(name: str, dim: int | None = None) -> ConditionalFlow:
         config = FlowConfig(**{**config.__dict__, "dim": dim})
     flow = ConditionalFlow(config).double()
     if config.kind != "circular":  # exercise the standardisation in every check
+        circ = flow.circular  # (angles are never standardised)
         flow.standardise(
-            torch.linspace(-0.3, 0.4, config.dim), torch.linspace(0.8, 1.5, config.dim)
-        )
+            torch.where(circ, 0.0, torch.linspace(-0.3, 0.4, config.dim, dtype=torch.float64)),
+            torch.where(circ, 1.0, torch.linspace(0.8, 1.5, config.dim, dtype=torch.float64)))
     return flow
 
 
@@ -95,12 +97,12 @@ def test_density_normalised_and_samples_follow_it(name):
     within 5 standard errors (law of the samples = density)."""
     flow = _flow(name, dim=2)
     c = 1.7
-    if flow.config.kind == "circular":  # periodic grid: each point of the torus once
-        g = torch.linspace(-math.pi, math.pi, 241, dtype=torch.float64)[:-1]
-    else:
-        g = torch.linspace(-8.0, 8.0, 241, dtype=torch.float64)
-    h = (g[1] - g[0]) ** 2
-    xy = torch.cartesian_prod(g, g)
+    periodic = torch.linspace(-math.pi, math.pi, 241, dtype=torch.float64)[:-1]
+    line = torch.linspace(-8.0, 8.0, 241, dtype=torch.float64)
+    # periodic grid for angles: each point of the circle once
+    g0, g1 = (periodic if bool(a) else line for a in flow.circular)
+    h = (g0[1] - g0[0]) * (g1[1] - g1[0])
+    xy = torch.cartesian_prod(g0, g1)
     with torch.no_grad():
         q = torch.exp(flow.log_prob(xy, c))
     assert abs(float(q.sum() * h) - 1) < 5e-3
@@ -143,3 +145,17 @@ def test_make_flow_standardises_and_follows_dtype():
     assert x.dtype == log_q.dtype == torch.float32
     with pytest.raises(ValueError, match="latent_power"):
         ConditionalFlow(FlowConfig(dim=2, kind="circular", latent_power=1.0))
+
+
+def test_mixed_flow_is_periodic_in_its_angles_and_not_in_its_reals():
+    flow = _flow("mixed")
+    x = flow.sample(256, 1.0)
+    assert (x[:, 0].abs() <= math.pi).all() and (x[:, 1:].abs() > math.pi).any()
+    turned = x.clone()
+    turned[:, 0] += 2 * math.pi  # the same point of the circle: the same density
+    torch.testing.assert_close(flow.log_prob(turned, 1.0), flow.log_prob(x, 1.0))
+    shifted = x.clone()
+    shifted[:, 1] += 2 * math.pi  # a real coordinate: another point, another density
+    assert (flow.log_prob(shifted, 1.0) - flow.log_prob(x, 1.0)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="circular indices"):
+        ConditionalFlow(FlowConfig(dim=3, kind="mixed", circular=(3,)))

@@ -75,7 +75,7 @@ def plan(quick: bool = False, target_names: Sequence[str] | None = None,
 
 
 def _with_aldp(names: tuple[str, ...]) -> tuple[str, ...]:
-    # aldp-fab: the unconstrained alanine dipeptide (aldp's H-bond constraints refuse samplers)
+    # aldp-fab: the unconstrained alanine dipeptide of the FAB / ASBS tables
     return names + ("aldp-fab",) if "aldp-fab" in targets.names() else names
 
 

@@ -226,6 +226,34 @@ def ramachandran(torsions: Mapping[str, ArrayLike], path: str | Path, *, n_bins:
     return _save(fig, path)
 
 
+def ramachandran_grid(series: Mapping[str, Mapping[float, ArrayLike]], path: str | Path, *,
+                      n_bins: int = 60) -> Path:
+    """(phi, psi) histograms, one row per series (the reference first), one column per
+    temperature (K), on one log colour scale per column (radians; phi across)."""
+    temps = sorted({t for by_t in series.values() for t in by_t})
+    edges = np.linspace(-np.pi, np.pi, n_bins + 1)
+    fig, axes = plt.subplots(len(series), len(temps), figsize=(2.6 * len(temps),
+                             2.6 * len(series)), squeeze=False, sharex=True, sharey=True)
+    for j, t in enumerate(temps):
+        hists = {name: np.histogram2d(*_np(by_t[t]).reshape(-1, 2).T, bins=[edges, edges],
+                                      density=True)[0] if t in by_t else None
+                 for name, by_t in series.items()}
+        top = max((float(h.max()) for h in hists.values() if h is not None), default=1.0)
+        norm = matplotlib.colors.LogNorm(vmin=top * 1e-4, vmax=top or 1.0)
+        for i, (name, hist) in enumerate(hists.items()):
+            ax = axes[i][j]
+            if hist is not None:
+                ax.pcolormesh(edges, edges, np.where(hist > 0, hist, np.nan).T, norm=norm,
+                              cmap="viridis")
+            ax.set_title(f"{name}, {t:g} K", fontsize=8)
+            ax.set_aspect("equal")
+    for ax in axes[-1]:
+        ax.set_xlabel("phi (rad)")
+    for row in axes:
+        row[0].set_ylabel("psi (rad)")
+    return _save(fig, path, tight=True)
+
+
 def free_energy_profiles(profiles: Mapping[str, tuple[ArrayLike, ArrayLike, ArrayLike]],
                          path: str | Path, *, xlabel: str = "phi (rad)") -> Path:
     """Free energy F (kT, minimum 0) against an angle with SE error bars, one line per series

@@ -37,6 +37,7 @@ from boltzkit.core.errors import EnvironmentProblem, UsageError
 from boltzkit.core.seeding import seed_everything
 from boltzkit.samplers import Callback, SampleResult, null_callback
 from boltzkit.targets import Target
+from boltzkit.targets.molecules.constrained import constrained_space
 
 __all__ = ["EnvironmentProblem", "UsageError"]  # what the CLI catches, re-exported
 
@@ -65,17 +66,19 @@ def target_params(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> 
         return targets.typed_params(name, params)
 
 
-def refuse_constrained(target: Target, target_name: str, sampler: str) -> None:
-    """A target with distance constraints and no energy term for them (aldp's H-bonds) cannot
-    be sampled by moving every Cartesian coordinate, which every registered sampler does: the
-    bonds would drift. A usage error naming what to use instead."""
-    constraints = getattr(getattr(target, "molecule", None), "constraints", ())
-    if constraints:
-        raise UsageError(
-            f"target {target_name!r} has {len(constraints)} H-bond constraints and no energy "
-            f"term for those bonds: {sampler} moves every Cartesian coordinate and would let "
-            f"them drift. Use aldp-fab (no constraints) for sampler baselines, or `boltzkit "
-            f"reference {target_name}` (constrained MD) for samples of this target")
+def sampling_space(target: Target) -> Target:
+    """The target a sampler moves in: for a molecule with rigid bonds (aldp's H-bonds, which
+    carry no energy term) its free internal coordinates
+    (`targets.molecules.constrained.ConstrainedInternalTarget`, whose law is that of
+    constrained MD), else the target itself. Samples come back through `to_target_space`."""
+    return constrained_space(target) or target
+
+
+def to_target_space(space: Target, target: Target, samples: Tensor) -> Tensor:
+    """Samples of `space` as coordinates of `target` (Cartesian for a constrained molecule)."""
+    if space is target:
+        return samples
+    return space.to_cartesian(samples)[0]
 
 
 def sampler_module(name: str) -> ModuleType:
@@ -177,7 +180,6 @@ def run_sampler(
     """Checks every name, then samples, writes the run directory, evaluates and draws figures."""
     check_sizes(budget, n_samples)
     target = build_target(target_name, params)
-    refuse_constrained(target, target_name, sampler)
     module = sampler_module(sampler)
     if preset is None:
         preset = default_preset(module, target_name)
@@ -215,9 +217,10 @@ def execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
              log: Callable[[str], None] | None, resume: bool, figures: bool) -> RunOutcome:
     seed_everything(int(record["seed"]))
     target = on_config_device(target, config)
+    space = on_config_device(sampling_space(target), config)
     start = time.perf_counter()
     try:
-        result = module.sample(target, config, n_samples=int(record["n_samples"]),
+        result = module.sample(space, config, n_samples=int(record["n_samples"]),
                                budget=int(record["budget"]), callback=callback, run_dir=run_dir,
                                resume=resume)
     except UsageError as err:
@@ -237,9 +240,13 @@ def execute(run_dir: Path, target: Target, module: ModuleType, config: Any,
         rundir.remove_temporaries(run_dir)
         raise
     wall_s = time.perf_counter() - start
+    result = result._replace(samples=to_target_space(space, target, result.samples))
     rundir.write_samples(run_dir, result.samples, result.log_w, result.log_Z)
     rundir.write_json(run_dir / rundir.DIAGNOSTICS_FILE, diagnostics_file(result))
-    rundir.update_record(run_dir, wall_s=wall_s, counts=result.counts)
+    extra = {} if space is target else {"sampled_in": f"{space.name}: {space.dim} free "
+                                                     "internal coordinates, mapped back to "
+                                                     "Cartesian"}
+    rundir.update_record(run_dir, wall_s=wall_s, counts=result.counts, **extra)
     if log:
         log(f"sampled {tuple(result.samples.shape)} in {wall_s:.1f} s; counts {result.counts}")
     metrics = evaluate_run(run_dir, reference=reference, figures=figures)

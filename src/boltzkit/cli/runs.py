@@ -153,8 +153,7 @@ def _interrupted(run_dir: Path, signal_name: str, position: Position) -> str:
 def _precheck(target: str | None, sampler: str | None, sets: list[str], preset: str | None,
               params: list[str]) -> None:
     assert target is not None and sampler is not None
-    built = runner.build_target(target, params)
-    runner.refuse_constrained(built, target, sampler)
+    runner.build_target(target, params)
     module = runner.sampler_module(sampler)
     if preset is None:
         preset = runner.default_preset(module, target)

@@ -14,6 +14,7 @@ REGISTRY = Registry("experiment", {
     "amc-gmm": "boltzkit.experiments.amc_gmm:run",
     "budget-curves": "boltzkit.experiments.budget_curves:run",
     "idem-verdict": "boltzkit.experiments.idem_verdict:run",
+    "trade-aldp": "boltzkit.experiments.trade_aldp:run",
     "trade-gmm": "boltzkit.experiments.trade_exps:run_gmm",
     "trade-multi-well": "boltzkit.experiments.trade_exps:run_multi_well",
     "trade-phi4": "boltzkit.experiments.trade_extra:phi4_experiment",

@@ -1,0 +1,262 @@
+"""`boltzkit experiment trade-aldp`: TRADE on alanine dipeptide, from 600 K MD data to 300-1000 K,
+against its baselines and a 300 K flow Boltzmann generator (arXiv 2410.19492, "molecular
+conformation generation"; ../shared/REFERENCE.md, "Alanine dipeptide").
+
+The system is `aldp` (amber99sbildn + OBC2, H-bond constraints), on its 48 free internal
+coordinates (`targets.molecules.constrained`: the density of constrained MD, torsions on the
+circle); flows are "mixed" coupling flows (circular splines on the 19 dihedrals, splines on the
+standardised bonds and angles). The condition is c = T / 600 K, so c0 = 1 and the range
+[0.5, 5/3] covers 300 K to 1000 K (TRADE's own [0.4, 1.1] is relative to another reference
+temperature). Data and references are the project's own MD (`boltzkit reference aldp`, cached
+and found by their settings): 600 K frames split 0.8 / 0.05 / 0.15 (train / validation, unused /
+test, in time order), and at 300 K (replica exchange), 450 K and 1000 K the reference frames.
+
+Methods: those of `trade_exps.METHODS` (trade-free, trade-free-fit, latent_nll, reweight,
+reverse_kl, ...) trained on the 600 K data over the range, and `bg-300`, a flow trained by
+maximum likelihood on 80 % of the 300 K frames (the upper bound that needs data TRADE does not
+use), evaluated at 300 K only. Per method and temperature: ESS/N (Kish, from the real
+log-weights log gamma_T - log q_T; TRADE's notebook zeroed them), the NLL of held-apart MD
+frames in internal coordinates (nats, per configuration), the 30 x 30 (phi, psi) histogram KL
+(reference || reweighted samples) and TV, the phi > 0 population of the reweighted samples with
+its Kish SE beside the reference's (batch-means SE), the energy W2 in kT of the systematically
+resampled set, and the D-alanine fraction; noise floors from the reference (its two time-halves
+compared with each other). Writes results.csv / results.md, settings.json and the figures
+ramachandran_grid.png and free_energy_phi.png.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from boltzkit.core import config as configs
+from boltzkit.core.callback import Callback
+from boltzkit.core.errors import UsageError
+from boltzkit.evaluate import metrics as sample_metrics
+from boltzkit.evaluate import molecular
+from boltzkit.experiments import trade_exps
+from boltzkit.mc.resampling import systematic
+from boltzkit.models import flow_objectives
+from boltzkit.models.flows import ConditionalFlow, make_flow
+from boltzkit.samplers import trade
+from boltzkit.targets.family import Family
+from boltzkit.targets.molecules import aldp
+from boltzkit.targets.molecules.constrained import ConstrainedInternalTarget
+
+T0 = 600.0
+# MD per temperature: (frames, MDConfig overrides, seed); `boltzkit reference aldp
+# --temperature T --n-samples N --seed S --set ...` makes (and caches) the same set.
+MD_FULL: dict[float, tuple[int, tuple[str, ...], int]] = {
+    600.0: (6000, ("steps_per_frame=250",), 1),
+    1000.0: (1500, ("steps_per_frame=250",), 2),
+    450.0: (2000, ("steps_per_frame=500",), 3),
+    300.0: (1500, ("n_replicas=4", "temperature_max_K=900"), 4),
+}
+MD_QUICK_SETS = ("steps_per_frame=20", "n_equilibration_steps=200")
+BG_300 = "bg-300"
+METRICS = ("ess_fraction", "nll_test", "rama_kl", "rama_tv", "phi_positive", "energy_w2_kT")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Experiment settings (`--set key=value`; `preset=quick` for a minutes-long smoke run)."""
+
+    methods: tuple[str, ...] = ("trade-free", "trade-free-fit", "latent_nll", "reweight",
+                                "reverse_kl", BG_300)
+    temperatures: tuple[float, ...] = (300.0, 450.0, 600.0, 1000.0)
+    seeds: tuple[int, ...] = (0,)
+    n_steps: int = 2000
+    warmup_steps: int = 500
+    n_layers: int = 6
+    hidden: int = 128
+    bins: int = 8
+    bound: float = 5.0
+    lr: float = 5e-4
+    batch_size: int = 256
+    n_eval: int = 5000
+    quick_md_frames: int = 0  # > 0: short fresh MD of this many frames per temperature (tests)
+    threads: int = 2
+    figures: bool = True
+    trade_set: tuple[str, ...] = ()
+
+
+QUICK = {"methods": ("trade-free", "latent_nll", "reweight", BG_300), "n_steps": 6,
+         "warmup_steps": 3, "n_layers": 2, "hidden": 16, "n_eval": 256, "quick_md_frames": 48,
+         "figures": True}
+
+
+def settings_from(overrides: list[str]) -> Settings:
+    items = configs.parse_assignments(overrides)
+    base = Settings(**QUICK) if items.pop("preset", "default") == "quick" else Settings()
+    settings = configs.override(base, items)
+    unknown = [m for m in settings.methods if m not in trade_exps.METHODS and m != BG_300]
+    if unknown:
+        raise UsageError(f"unknown methods {unknown}; valid: "
+                         f"{', '.join([*trade_exps.METHODS, BG_300])}")
+    missing = [t for t in settings.temperatures if t not in MD_FULL]
+    if missing and not settings.quick_md_frames:
+        raise UsageError(f"no MD settings for temperatures {missing} K; valid: "
+                         f"{', '.join(f'{t:g}' for t in sorted(MD_FULL))}")
+    return settings
+
+
+# ---- data ---------------------------------------------------------------------------------
+def md_frames(temperature: float, settings: Settings, callback: Callback) -> Tensor:
+    """Cartesian MD frames `[n, 66]` of aldp at `temperature` K (cached; see MD_FULL)."""
+    from boltzkit.app.md_reference import make_md_reference
+
+    target = aldp(temperature=temperature)
+    if settings.quick_md_frames:
+        n, sets, seed = settings.quick_md_frames, MD_QUICK_SETS, 0
+    else:
+        n, sets, seed = MD_FULL[temperature]
+    callback("log", message=f"MD frames at {temperature:g} K ({n}, cached when present)")
+    return make_md_reference(target, n, sets=sets, seed=seed).samples.to(torch.float64)
+
+
+def split(frames: Tensor) -> tuple[Tensor, Tensor]:
+    """(train, test): the first 80 % and the last 15 % in time order (5 % apart, unused)."""
+    n = len(frames)
+    return frames[: int(0.8 * n)], frames[int(0.85 * n):]
+
+
+# ---- evaluation ---------------------------------------------------------------------------
+def reference_floor(reference: Tensor, energies: Tensor) -> dict[str, float]:
+    """Noise floors: the reference's first time-half against its second."""
+    h = len(reference) // 2
+    a, b = molecular.torsions(reference[:h]), molecular.torsions(reference[h:])
+    return {"rama_kl": molecular.ramachandran_kl(a, b), "rama_tv": molecular.ramachandran_tv(a, b),
+            "energy_w2_kT": sample_metrics.energy_w2(energies[:h], energies[h:])}
+
+
+@torch.no_grad()
+def evaluate(flow: ConditionalFlow, space: ConstrainedInternalTarget, family: Family,
+             temperature: float, reference: Tensor, test_y: Tensor, n: int
+             ) -> tuple[dict[str, float], Tensor]:
+    """The metrics of the flow at `temperature` (module docstring) and the resampled
+    Cartesian samples."""
+    c = temperature / T0
+    at_c = family.at(c)
+    y, log_w, n_bad = flow_objectives.reweight(flow, at_c, n, c)
+    weights = flow_objectives.summarise_weights(log_w)
+    x = space.to_cartesian(y)[0]
+    molecule = at_c.target.uncounted()  # aldp at T0, tempered to T: E / kT per configuration
+    ref_t = molecular.torsions(reference)
+    ref_pop = molecular.phi_positive_population(ref_t, n_blocks=10)
+    pop = molecular.phi_positive_population(molecular.torsions(x), log_w)
+    chosen = systematic(log_w[None])[0]
+    e_samples = -molecule.log_prob(x[chosen])
+    e_ref = -molecule.log_prob(reference)
+    nll = -flow.log_prob(test_y.to(flow.loc.dtype), c).double().mean()
+    return {
+        "ess_fraction": weights["ess_fraction"], "n_nonfinite_weights": n_bad,
+        "nll_test": float(nll),
+        "rama_kl": molecular.ramachandran_kl(molecular.torsions(x), ref_t, log_w=log_w),
+        "rama_tv": molecular.ramachandran_tv(molecular.torsions(x), ref_t, log_w=log_w),
+        "phi_positive": pop.fraction, "phi_positive_se": pop.se,
+        "phi_positive_reference": ref_pop.fraction, "phi_positive_reference_se": ref_pop.se,
+        "energy_w2_kT": sample_metrics.energy_w2(e_samples, e_ref),
+        "d_alanine": molecular.d_alanine_fraction(x, log_w).fraction,
+    }, x[chosen]
+
+
+# ---- training -----------------------------------------------------------------------------
+def train_method(method: str, settings: Settings, family: Family, data: trade.Data,
+                 data_300: trade.Data | None, callback: Callback, seed: int
+                 ) -> tuple[ConditionalFlow, dict[str, Any]]:
+    """One flow: a TRADE method on the 600 K data, or bg-300 (NLL on 300 K data at c = 0.5)."""
+    tsettings = trade_exps.Settings(
+        n_steps=settings.n_steps, warmup_steps=settings.warmup_steps, kind="mixed",
+        n_layers=settings.n_layers, hidden=settings.hidden, bins=settings.bins,
+        bound=settings.bound, lr=settings.lr, trade_set=settings.trade_set)
+    problem = {"c0": 1.0, "c_min": 300.0 / T0, "c_max": 1000.0 / T0,
+               "batch_size": settings.batch_size}
+    base = "nll_data" if method == BG_300 else method
+    config = trade_exps.trade_config(tsettings, base, **problem)
+    circular = tuple(int(i) for i in torch.nonzero(family.target.circular))
+    config = replace(config, c0=300.0 / T0) if method == BG_300 else config
+    boundary = data_300 if method == BG_300 else data
+    assert boundary is not None
+    torch.manual_seed(seed)
+    arch = config.flow_config(family.target.dim, conditional=config.method != "latent_nll",
+                              latent_power=config.latent_power(), circular=circular)
+    flow = make_flow(arch, boundary.x).to(getattr(torch, config.dtype))
+    callback("log", message=f"training {method} (seed {seed})")
+    record = trade.train(flow, family, config, boundary, callback=callback)
+    return flow.eval(), record
+
+
+def run(out_dir: Path, overrides: list[str], callback: Callback) -> dict[str, Any]:
+    """The experiment (module docstring); returns the 300 K headline per method."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings_from(overrides)
+    torch.set_num_threads(settings.threads)
+    record = {"experiment": "trade-aldp", "settings": configs.to_dict(settings),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    space = ConstrainedInternalTarget(aldp(temperature=T0))
+    family = Family(space, "temperature")
+    needed = {T0, *settings.temperatures, *((300.0,) if BG_300 in settings.methods else ())}
+    frames = {t: md_frames(t, settings, callback) for t in sorted(needed)}
+    as_y = {t: space.wrap(space.from_cartesian(x)) for t, x in frames.items()}
+    splits = {t: split(as_y[t]) for t in (T0, 300.0) if t in as_y}
+    data = trade.Data(splits[T0][0].float(), 1.0)
+    data_300 = trade.Data(splits[300.0][0].float(), 300.0 / T0) if 300.0 in splits else None
+    # held-apart frames: the test split where a split trains a flow, else every frame
+    tests = {t: splits[t][1] if t in splits else as_y[t] for t in settings.temperatures}
+    floors = {t: reference_floor(frames[t], aldp(temperature=t).energy(frames[t]))
+              for t in settings.temperatures}
+    callback("log", message=f"frames per temperature: { {t: len(x) for t, x in frames.items()} }")
+    rows, samples, trained = [], {}, {}
+    for seed in settings.seeds:
+        for method in settings.methods:
+            flow, rec = train_method(method, settings, family, data, data_300, callback, seed)
+            trained[(method, seed)] = rec
+            temps = (300.0,) if method == BG_300 else settings.temperatures
+            for t in temps:
+                row, x = evaluate(flow, space, family, t, frames[t], tests[t], settings.n_eval)
+                rows.append({"method": method, "seed": seed, "temperature_K": t, **row,
+                             **{f"{k}_floor": v for k, v in floors[t].items()},
+                             "train_seconds": rec["seconds"],
+                             "train_energy_evals": rec["history"][-1]["n_energy"]
+                             if rec["history"] else 0})
+                samples[(method, t)] = x
+    notes = ("ESS/N Kish from real log-weights; NLL in nats per configuration of held-apart "
+             "MD frames in the 48 internal coordinates; rama_kl = KL(reference || samples), "
+             "30 x 30 bins, nats; energy W2 in kT of the resampled set; floors: reference "
+             "time-halves")
+    trade_exps.write_tables(out_dir, rows, METRICS, "temperature_K",
+                            "TRADE on alanine dipeptide (aldp), data at 600 K", notes)
+    if settings.figures:
+        _figures(out_dir, frames, samples, settings)
+    headline = {r["method"]: {k: r[k] for k in METRICS} for r in rows
+                if r["temperature_K"] == 300.0 and r["seed"] == settings.seeds[0]}
+    record.update(wall_s=time.perf_counter() - t0, headline=headline,
+                  training={f"{m}/{s}": {"seconds": r["seconds"], "n_steps": r["n_steps"]}
+                            for (m, s), r in trained.items()})
+    (out_dir / "settings.json").write_text(json.dumps(record, indent=2, default=str))
+    return headline
+
+
+def _figures(out_dir: Path, frames: dict[float, Tensor], samples: dict[tuple[str, float], Tensor],
+             settings: Settings) -> None:
+    """ramachandran_grid.png (rows: the reference and each method; columns: temperatures) and
+    free_energy_phi_<T>K.png (F along phi per method)."""
+    from boltzkit.app import plots
+
+    temps = list(settings.temperatures)
+    series = {"reference": {t: molecular.torsions(frames[t]) for t in temps}}
+    for (method, t), x in samples.items():
+        series.setdefault(method, {})[t] = molecular.torsions(x)
+    plots.ramachandran_grid(series, out_dir / "ramachandran_grid.png")
+    for t in temps:
+        profiles = {name: molecular.free_energy_profile(by_t[t][:, 0])
+                    for name, by_t in series.items() if t in by_t}
+        plots.free_energy_profiles(profiles, out_dir / f"free_energy_phi_{t:g}K.png")

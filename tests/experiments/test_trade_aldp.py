@@ -1,0 +1,37 @@
+"""trade-aldp end to end on a tiny preset (fresh short MD into a temporary cache): every method x
+temperature row, ESS/N in (0, 1] from real weights, the noise floors, the figures; the 300 K
+flow only at 300 K; an unknown method is refused with the valid names."""
+
+import csv
+
+import pytest
+
+pytest.importorskip("openmm")
+
+from boltzkit.experiments import trade_aldp  # noqa: E402
+
+
+def test_trade_aldp_quick_writes_every_row_and_figure(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOLTZKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    headline = trade_aldp.run(out, ["preset=quick", "methods=trade-free,bg-300",
+                                    "temperatures=300,600", "n_eval=64",
+                                    "quick_md_frames=24"], lambda *a, **k: None)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    cells = {(r["method"], float(r["temperature_K"])) for r in rows}
+    assert cells == {("trade-free", 300.0), ("trade-free", 600.0), ("bg-300", 300.0)}
+    for r in rows:
+        assert 0 < float(r["ess_fraction"]) <= 1
+        assert float(r["rama_kl_floor"]) >= 0 and float(r["energy_w2_kT_floor"]) >= 0
+    assert set(headline) == {"trade-free", "bg-300"}
+    assert (out / "ramachandran_grid.png").exists() and (out / "free_energy_phi_300K.png").exists()
+    assert "## ess_fraction" in (out / "results.md").read_text()
+
+
+def test_an_unknown_method_or_temperature_is_refused_with_the_valid_ones():
+    from boltzkit.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="trade-free"):
+        trade_aldp.settings_from(["methods=nope"])
+    with pytest.raises(UsageError, match="450"):
+        trade_aldp.settings_from(["temperatures=310"])
