@@ -15,10 +15,11 @@ the executors' start-up and overhead per task.
    these are the executor's own costs even on a loaded machine. The overhead does not grow
    with the task's length: for 60 s tasks it is the same seconds over 60 s of work.
 
-3. `--task-seconds 1,60 --overhead-only`: the overhead per task measured at each task length L
-   (instead of extrapolated from 1 s): sweeps of W and 2 W tasks sleeping L s each on W
-   workers of an executor already started and warmed up; wall(n) = start-up + (n / W)(L + overhead), so
-   overhead = wall(2W) - wall(W) - L, start-up = wall(W) - L - overhead. Skips the sweeps of 1.
+3. `--task-seconds 1,60 --overhead-only`: the overhead per task measured at each task length
+   L (instead of extrapolated from 1 s): sweeps of W and 2 W tasks sleeping L s each on W
+   workers of an executor already started and warmed up; wall(n) = start-up + (n / W)(L +
+   overhead), so overhead = wall(2W) - wall(W) - L and start-up = wall(W) - L - overhead.
+   Skips the sweeps of 1.
 
 Prints a markdown table (BENCHMARKS.md, "Executors") with the machine and its load average.
 
