@@ -16,9 +16,10 @@ the executors' start-up and overhead per task.
    with the task's length: for 60 s tasks it is the same seconds over 60 s of work.
 
 3. `--task-seconds 1,60 --overhead-only`: the overhead per task measured at each task length
-   L (instead of extrapolated from 1 s): sweeps of W and 2 W tasks sleeping L s each on W
-   workers of an executor already started and warmed up; wall(n) = start-up + (n / W)(L +
-   overhead), so overhead = wall(2W) - wall(W) - L and start-up = wall(W) - L - overhead.
+   L (instead of extrapolated from 1 s): sweeps of k W and 2 k W tasks sleeping L s each on
+   W workers of an executor already started and warmed up (k = max(1, round(10 / L))):
+   wall(n) = start-up + (n / W)(L + overhead), so overhead = (wall(2kW) - wall(kW)) / k - L
+   and start-up = wall(kW) - k (L + overhead).
    Skips the sweeps of 1.
 
 Prints a markdown table (BENCHMARKS.md, "Executors") with the machine and its load average.
@@ -75,19 +76,21 @@ def costs(executor: executors.Executor, workers: int) -> tuple[float, float]:
 
 def costs_at(executor: executors.Executor, workers: int, seconds: float
              ) -> tuple[float, float]:
-    """(start-up s, overhead s per task) from sweeps of W and 2 W tasks of `seconds` each,
-    after an untimed sweep of W empty tasks (the pool's forkserver, Ray's worker processes and
-    their imports are one-time costs, not the per-sweep start-up)."""
+    """(start-up s, overhead s per task) from sweeps of k W and 2 k W tasks of `seconds` each
+    (k = max(1, round(10 / seconds)): at least about 10 s of work per worker, so that short
+    tasks are timed over many), after an untimed sweep of W empty tasks (the pool's
+    forkserver, Ray's worker processes and their imports are one-time costs, not the
+    per-sweep start-up)."""
     executor.map([executors.Task(f"warm{i}", sleep_task, {"seconds": 0.0})
                   for i in range(workers)])
-    walls = []
-    for n in (workers, 2 * workers):
+    k, walls = max(1, round(10 / seconds)), []
+    for n in (k * workers, 2 * k * workers):
         tasks = [executors.Task(f"sleep{i}", sleep_task, {"seconds": seconds}) for i in range(n)]
         start = time.perf_counter()
         executor.map(tasks)
         walls.append(time.perf_counter() - start)
-    overhead = walls[1] - walls[0] - seconds
-    return walls[0] - seconds - overhead, overhead
+    overhead = (walls[1] - walls[0]) / k - seconds
+    return walls[0] - k * (seconds + overhead), overhead
 
 
 def overhead_rows(names: list[str], made: dict[str, executors.Executor], workers: int,
