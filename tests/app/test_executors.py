@@ -125,15 +125,29 @@ def test_bad_executor_options_are_usage_errors() -> None:
         executors.Serial().map([executors.Task("a", abs, {"x": 1})] * 2)
 
 
-def test_cli_says_which_experiments_take_an_executor(tmp_path: Path) -> None:
+def serial_only(out_dir: Path, overrides: list[str], callback: object) -> dict:
+    """An experiment whose run takes no executor."""
+    return {}
+
+
+def test_cli_says_which_experiments_take_an_executor(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner  # the workers import this module: keep its imports light
 
+    from boltzkit import experiments
     from boltzkit.cli import app
 
-    result = CliRunner().invoke(app, ["experiment", "trade-gmm", "--out", str(tmp_path),
+    every = experiments.names()
+    monkeypatch.setattr(experiments, "get", lambda name: serial_only if name == "serial-only"
+                        else experiments.REGISTRY.get(name))
+    monkeypatch.setattr(experiments, "names", lambda: [*every, "serial-only"])
+    result = CliRunner().invoke(app, ["experiment", "serial-only", "--out", str(tmp_path),
                                       "--executor", "local"])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "takes no --executor" in result.output and "amc-gmm" in result.output
+    assert "takes no --executor" in result.output
+    able = result.output.split("experiments that do: ")[1].split(")")[0].split(", ")
+    # every registered experiment runs its runs on an executor, but trade-aldp (serial only)
+    assert able == [n for n in every if n != "trade-aldp"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")

@@ -17,10 +17,10 @@ import torch
 from tests.devices.guard import CUDA, strict
 
 from boltzkit import experiments
-from boltzkit.app import runner
+from boltzkit.app import executors, runner
 from boltzkit.core.errors import UsageError
 from boltzkit.experiments import amc_gmm, budget_curves, idem_verdict, trade_exps
-from boltzkit.samplers import idem, mcmc, null_callback, trade
+from boltzkit.samplers import idem, mcmc, trade
 from boltzkit.targets import get
 from boltzkit.targets.family import Family
 
@@ -68,7 +68,7 @@ def test_idem_verdict_runs_idem_and_the_baselines_on_the_device(
         raise Stop
 
     monkeypatch.setattr(idem, "sample", spy)
-    with pytest.raises(Stop):
+    with pytest.raises(RuntimeError, match="the iDEM run failed"):  # the task's Stop, recorded
         idem_verdict.run(tmp_path, ["target=two-modes", "preset=gmm40-quick"], device="meta")
     assert seen == {"target": torch.device("meta"), "config": "meta"}
     monkeypatch.setattr(mcmc, "sample", spy)
@@ -85,6 +85,41 @@ def test_amc_gmm_gives_every_task_the_device(tmp_path: Path) -> None:
     assert {t.kwargs["device"] for t in train + runs} == {"meta"}
     on_cpu = amc_gmm.tasks(blocks, tmp_path)
     assert [t.key for t in on_cpu[0] + on_cpu[1]] == [t.key for t in train + runs]
+
+
+FIRST_SWEEP = {
+    "amc-gmm": ["preset=quick", "figures=false"],
+    "budget-curves": ["preset=quick"],
+    "idem-verdict": ["target=two-modes", "preset=gmm40-quick"],
+    "trade-gmm": ["preset=quick", "n_eval=64"],
+    "trade-multi-well": ["preset=quick"],
+    "trade-phi4": ["preset=quick", "n_eval=64"],
+    "trade-two-moons": ["preset=quick", "n_eval=64"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIRST_SWEEP))
+def test_the_device_reaches_every_executor_task_but_not_its_key(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, meta_allowed: None) -> None:
+    """The experiment's first sweep, seen by a spy: on `meta` every task carries the device as
+    a keyword (so it reaches a worker process too), and the keys are those of the CPU sweep (a
+    run finished on one device is not redone on another)."""
+    seen: list[executors.Task] = []
+
+    def spy(executor: Any, tasks: list[executors.Task], *args: Any) -> None:
+        seen.extend(tasks)
+        raise Stop
+
+    for module in (executors, amc_gmm):
+        monkeypatch.setattr(module, "sweep", spy)
+    keys = {}
+    for device in ("meta", "cpu"):
+        seen.clear()
+        with pytest.raises(Stop):
+            experiments.get(name)(tmp_path, FIRST_SWEEP[name], quiet, device=device)
+        assert seen and {t.kwargs["device"] for t in seen} == {device}
+        keys[device] = [t.key for t in seen]
+    assert keys["meta"] == keys["cpu"]
 
 
 def test_amc_gmm_tasks_follow_the_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -124,8 +159,8 @@ def test_trade_trains_on_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
     data = trade.Data(target.sample(64).float(), 1.0, torch.zeros(64, 2))
     problem = {"c0": 1.0, "c_min": 0.5, "c_max": 2.0}
     with pytest.raises(Stop):
-        trade_exps.train_methods(settings, Family(target), data, problem, quiet,
-                                 device="meta")
+        trade_exps.train_method(settings, "trade-grid", Family(target), data, problem,
+                                device="meta")
     meta = torch.device("meta")
     assert seen == {"config": "meta", "data": meta}
     family, moved = trade_exps.on_device(Family(target), data, "meta")
@@ -141,9 +176,8 @@ def test_trade_training_follows_the_device() -> None:
     data = trade.Data(target.sample(64).float(), 1.0)
     problem = {"c0": 1.0, "c_min": 0.5, "c_max": 2.0}
     with strict("cpu"):
-        flows = trade_exps.train_methods(settings, Family(target), data, problem,
-                                         null_callback, device="cpu")
-    flow, record = flows["trade-grid"]
+        flow, record = trade_exps.train_method(settings, "trade-grid", Family(target), data,
+                                               problem, device="cpu")
     assert record["n_steps"] == 4 and next(flow.parameters()).device.type == "cpu"
 
 

@@ -15,7 +15,6 @@ exact samplers, two MCMC samplers, tiny budgets.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -83,10 +82,7 @@ def run_cell(target: str, sampler: str, budget: int, seed: int, n_samples: int,
              run_dir: str, device: str = "cpu") -> dict[str, Any]:
     """Task: one sampler run into `run_dir` (started afresh: a directory left by a dead attempt
     is removed), its events streamed to metrics.jsonl; returns its metrics and wall time."""
-    path = Path(run_dir)
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+    path = executors.fresh_dir(run_dir)
     with tracking.track(null_callback, path) as callback:
         outcome = runner.run_sampler(target_name=target, sampler=sampler, budget=budget,
                                      seed=seed, out=path, n_samples=n_samples,

@@ -29,6 +29,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -119,6 +120,32 @@ def make(name: str = "serial", workers: int | None = None, address: str | None =
     if name == "local":
         return Local(workers or os.cpu_count() or 1, retries=retries)
     return Ray(workers, address=address, retries=retries)
+
+
+def sweep(executor: Executor | None, tasks: Sequence[Task], out_dir: str | Path,
+          callback: Callback = null_callback) -> SweepResult:
+    """An experiment's sweep: `tasks` on `executor` (default serial), results kept in
+    `out_dir`, each failed run logged in one line."""
+    result = (executor or Serial()).map(tasks, out_dir, callback)
+    for key, error in result.failed.items():
+        callback("log", message=f"run {key} failed: {error.splitlines()[0]}")
+    return result
+
+
+def tally(executor: Executor | None, *results: SweepResult) -> dict[str, Any]:
+    """The headline's account of sweeps: executor name, failed and skipped runs."""
+    return {"executor": (executor or Serial()).name,
+            "n_failed": sum(len(r.failed) for r in results),
+            "n_skipped": sum(len(r.skipped) for r in results)}
+
+
+def fresh_dir(path: str | Path) -> Path:
+    """`path` as a new empty directory: what a dead attempt of the task left there removed."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
 
 
 # ---- result files -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from boltzkit.app import assess, runner, tracking
+from boltzkit.app import assess, launch, runner, tracking
 from boltzkit.app.progress import LogFile, RichProgress
 from boltzkit.app.resume import last_checkpoint, resume_run
 from boltzkit.cli.common import (
@@ -77,6 +77,13 @@ def sample_command(
         with clean_errors():
             _print_resolved(target, sampler, set_ or [], preset, target_param or [], resume)
         return
+    with clean_errors():  # torchrun: rank 0 runs as usual, the other ranks follow it
+        world = launch.join(sampler, set_ or [], resume is not None)
+        if world.rank > 0:
+            launch.follow(target_name=target, sampler=sampler, budget=budget, seed=seed or 0,
+                          sets=set_ or [], preset=preset, params=target_param or [],
+                          n_samples=DEFAULT_N_SAMPLES if n_samples is None else n_samples)
+            return
     if out is None and resume is None:
         out = Path("runs") / f"{target}-{sampler}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = resume if resume is not None else out
@@ -99,6 +106,8 @@ def sample_command(
             reference_path=reference, figures=figures), tensorboard)
     if tensorboard is not None:
         tracking.write_summary(tensorboard, outcome.metrics)
+    if world.size > 1:
+        runner.rundir.update_record(outcome.run_dir, **launch.describe(world))
     record = runner.rundir.read_record(outcome.run_dir)
     title = f"{record['target']} / {record['sampler']}: {int(outcome.metrics['n_samples'])} " \
             f"samples, budget {record['budget']:,} energy evals, {outcome.wall_s:.1f} s"

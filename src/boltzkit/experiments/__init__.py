@@ -1,7 +1,7 @@
 """Named experiments (`boltzkit experiment NAME`): each is a function
-`run(out_dir: pathlib.Path, overrides: list[str], callback, *, device="cpu") -> dict` that runs
-its runs on `device`, writes its tables and figures into `out_dir` and returns its headline
-numbers."""
+`run(out_dir: pathlib.Path, overrides: list[str], callback, *, executor=None, device="cpu")
+-> dict` that runs its runs (as tasks on `executor`, where it takes one: all but trade-aldp) on
+`device`, writes its tables and figures into `out_dir` and returns its headline numbers."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from boltzkit.app.executors import Executor, Serial, Task, task_key
+from boltzkit.app.executors import Executor, Task, sweep, tally, task_key
 from boltzkit.core import config as configs
 from boltzkit.core import presets
 from boltzkit.core.callback import Callback
@@ -224,7 +224,6 @@ def run(out_dir: Path, overrides: list[str], callback: Callback,
     headline numbers."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    executor = executor or Serial()
     preset, blocks = configs_from(overrides)
     for cfg in blocks:
         _check_names(cfg)
@@ -232,16 +231,13 @@ def run(out_dir: Path, overrides: list[str], callback: Callback,
         {"preset": preset, "blocks": [configs.to_dict(c) for c in blocks]}, indent=2))
     started = time.perf_counter()
     train_tasks, run_tasks = tasks(blocks, out_dir, device)
-    trained = executor.map(train_tasks, out_dir / "runs", callback)
+    trained = sweep(executor, train_tasks, out_dir / "runs", callback)
     for key, value in trained.values.items():
         callback("log", message=f"trained {key}: final loss {value['final_loss']:.4f} "
                  f"({value['wall_s']:.0f} s)")
     ready = [t for t in run_tasks if t.kwargs["model_path"] is None
              or Path(t.kwargs["model_path"]).exists()]
-    done = executor.map(ready, out_dir / "runs", callback)
-    failed = {**trained.failed, **done.failed}
-    for key, error in failed.items():
-        callback("log", message=f"run {key} failed: {error.splitlines()[0]}")
+    done = sweep(executor, ready, out_dir / "runs", callback)
     rows = [v["row"] for v in done.values.values()]
     traces = {tuple(v["row"].values())[:7]: v["ess"] for v in done.values.values()}
     learned_rows = [r for v in trained.values.values() for r in v["rows"]]
@@ -257,9 +253,9 @@ def run(out_dir: Path, overrides: list[str], callback: Callback,
     if any(c.figures for c in blocks):
         _figures(out_dir, summary, traces)
     out = headline(summary, preset, time.perf_counter() - started, len(rows))
-    n_missing = len(run_tasks) - len(ready)
-    return {**out, "executor": executor.name, "n_failed": len(failed) + n_missing,
-            "n_skipped": len(trained.skipped) + len(done.skipped)}
+    counted = tally(executor, trained, done)
+    counted["n_failed"] += len(run_tasks) - len(ready)
+    return {**out, **counted}
 
 
 def _check_names(cfg: Config) -> None:

@@ -9,6 +9,9 @@ The verdict names, per target and metric, the smallest budget at which a neural 
 by more than twice the noise floor's spread, or says that none does in the range measured.
 Flow-assisted PT (`boltzkit.mc.independence`) has no sampler entry yet, so it is not a method.
 
+Every run is a task for `boltzkit.app.executors` (`--executor serial|local|ray`); its metrics
+are kept in `out_dir/runs/KEY.json`, and a re-run in the same directory skips what is there.
+
 Settings (`--set key=value`): preset ("quick": gmm40 at 3e4 and 1e5 evaluations, for tests;
 "default": gmm40 and dw4 at 1e5 .. 1e7), targets, methods, budgets, seed, n_samples, figures.
 """
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from boltzkit.app import runner
+from boltzkit.app import executors, runner
 from boltzkit.core import config as configs
 from boltzkit.core.callback import Callback
 from boltzkit.core.errors import UnknownName
@@ -86,6 +89,32 @@ def run_one(settings: Settings, target: str, method: str, budget: int, out: Path
     return dict(outcome.metrics)
 
 
+def run_task(overrides: list[str], target: str, method: str, budget: int, out: str,
+             device: str = "cpu") -> dict:
+    """Task: `run_one` on `device` into a fresh `out/<target>-<method>-<budget>` (what a dead
+    attempt left there removed)."""
+    executors.fresh_dir(Path(out) / f"{target}-{method}-{budget}")
+    return run_one(settings_from(overrides), target, method, budget, Path(out), device)
+
+
+def tasks(settings: Settings, overrides: list[str], out: Path, device: str = "cpu"
+          ) -> list[executors.Task]:
+    """One task per (target, method, budget) on `device`; the key hashes what decides the
+    run's numbers (not the figures, nor which other runs the ladder holds, nor the device: a
+    run finished on one device is not redone on another)."""
+    common = {k: v for k, v in configs.to_dict(settings).items()
+              if k not in ("figures", "targets", "methods", "budgets")}
+    out_tasks = []
+    for t in settings.targets:
+        for m in settings.methods:
+            for b in settings.budgets:
+                key = executors.task_key(f"{t}-{m}-{b}", {**common, "run": [t, m, b]})
+                out_tasks.append(executors.Task(key, run_task, {
+                    "overrides": list(overrides), "target": t, "method": m, "budget": b,
+                    "out": str(out), "device": device}))
+    return out_tasks
+
+
 def verdict(rows: list[dict[str, Any]], target: str, metric: str) -> str:
     """The smallest budget at which a neural method beats PT beyond the noise, if any."""
     by = {(r["method"], r["budget"]): r for r in rows if r["target"] == target}
@@ -99,25 +128,23 @@ def verdict(rows: list[dict[str, Any]], target: str, metric: str) -> str:
     return f"no neural method beats PT on {metric} in the budgets measured"
 
 
-def run(out_dir: Path, overrides: list[str], callback: Callback, device: str = "cpu"
-        ) -> dict[str, Any]:
-    """Samplers against energy budget on particle targets; curves, tables and a verdict (every
-    run on `device`)."""
+def run(out_dir: Path, overrides: list[str], callback: Callback,
+        executor: executors.Executor | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Samplers against energy budget on particle targets; curves, tables and a verdict.
+    The runs are tasks on `executor` (default serial), every run on `device`."""
     settings = settings_from(overrides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [(t, m, b) for t in settings.targets for m in settings.methods
-            for b in settings.budgets]
-    callback("start", total=len(runs), unit="run", description="budget curves")
+    todo = tasks(settings, overrides, out_dir / "runs", device)
+    done = executors.sweep(executor, todo, out_dir / "runs", callback)
     rows = []
-    for target, method, budget in runs:
-        metrics = run_one(settings, target, method, budget, out_dir / "runs", device)
-        rows.append({"target": target, "method": method, "budget": budget, **metrics})
-        callback("advance", n=1)
-    callback("end")
+    for task in todo:
+        failure = (done.failed.get(task.key) or "not run").splitlines()[0]
+        metrics = done.values.get(task.key, {"failed": failure})
+        rows.append({k: task.kwargs[k] for k in ("target", "method", "budget")} | metrics)
     _write(out_dir, rows, settings)
     headline = {t: {m: verdict(rows, t, m) for m in HEADLINE.get(t, ("energy_w2",))}
-                for t in settings.targets}
+                for t in settings.targets} | executors.tally(executor, done)
     (out_dir / "verdict.json").write_text(json.dumps(headline, indent=2))
     return headline
 

@@ -8,6 +8,11 @@ sample set against the same reference with `boltzkit.evaluate.evaluation.evaluat
 included) and writes one table. Lower is better for every headline metric; the method with
 the most headline wins is named (ties: the first headline metric decides).
 
+iDEM is one task for `boltzkit.app.executors`, then each baseline (at iDEM's count) is one,
+in parallel (`--executor serial|local|ray`); each seeds itself from `seed`, so the table does
+not depend on the executor. Results are kept in `out_dir/runs` (samples in
+`out_dir/samples/`), and a re-run in the same directory skips what is there.
+
 Overrides: keys of `VerdictConfig`, plus `idem.KEY=VALUE` for the iDEM config and
 `mcmc.KEY=VALUE` for the baselines' configs (each baseline takes the keys its config has; a key
 no baseline has is an error).
@@ -24,7 +29,7 @@ from typing import Any
 
 import torch
 
-from boltzkit.app import references
+from boltzkit.app import executors, references
 from boltzkit.core.config import override, parse_assignments, to_dict
 from boltzkit.samplers import Callback, SampleResult, null_callback
 
@@ -37,7 +42,8 @@ class VerdictConfig:
     """target: registry name; preset: the iDEM preset; baselines: MCMC samplers run with iDEM's
     evaluation count; budget: iDEM's own budget (None: the preset's full run); reference: a
     reference file (default: exact sampler, project reference, or ../shared/data); resume:
-    continue the iDEM run from its checkpoint in out_dir/idem (e.g. after a kill)."""
+    continue the iDEM run from its checkpoint in out_dir/idem (e.g. after a kill); seed: iDEM
+    runs under `seed`, baseline i under `seed + 1 + i`, the evaluation under `seed`."""
 
     target: str = "dw4"
     preset: str = "dw4-quick"
@@ -47,53 +53,102 @@ class VerdictConfig:
     reference: str | None = None
     max_ot: int = 1000
     resume: bool = False
+    seed: int = 0
 
 
 def run(out_dir: Path, overrides: list[str], callback: Callback = null_callback,
-        device: str = "cpu") -> dict:
+        executor: executors.Executor | None = None, device: str = "cpu") -> dict:
     """iDEM against MCMC baselines given the same number of energy evaluations.
 
-    Every sampler runs on `device` (the target moved there); the evaluation runs on the host.
-    Runs the comparison, writes `verdict.md` and `verdict.json` into out_dir, returns the
-    headline numbers (per method and metric, plus `winner`)."""
+    Runs the comparison (iDEM, then the baselines, as tasks on `executor`, default serial;
+    every sampler on `device`, the target moved there; the evaluation on the host), writes
+    `verdict.md` and `verdict.json` into out_dir, returns the headline numbers (per method and
+    metric, plus `winner`)."""
     from boltzkit.app import runner
     from boltzkit.evaluate.evaluation import evaluate
     from boltzkit.samplers import idem
 
     out_dir = Path(out_dir)
-    cfg, idem_sets, mcmc_sets = _split_overrides(overrides)
+    cfg, idem_sets, _ = _split_overrides(overrides)
     target = runner.build_target(cfg.target)
     idem_cfg = dataclasses.replace(override(idem.preset(cfg.preset), idem_sets), device=device)
-    on_device = runner.on_config_device(target, idem_cfg)  # shares the target's counter
     reference = references.resolve_reference(target.uncounted(), cfg.target, path=cfg.reference,
                                          n=cfg.n_samples)
-    results: dict[str, SampleResult] = {}
-    seconds: dict[str, float] = {}
-    results["idem"] = idem.sample(on_device, idem_cfg, n_samples=cfg.n_samples, budget=cfg.budget,
-                                  callback=callback, run_dir=out_dir / "idem",
-                                  resume=cfg.resume)
-    seconds["idem"] = results["idem"].diagnostics["wall_seconds"]  # all processes if resumed
-    spent = results["idem"].counts["n_energy"]
-    for name in cfg.baselines:
-        start = time.perf_counter()
-        results[name] = _baseline(name, on_device, cfg, mcmc_sets, spent, callback)
-        seconds[name] = time.perf_counter() - start
-    results = {n: r._replace(samples=r.samples.cpu()) for n, r in results.items()}  # the host
-    out_dir.mkdir(parents=True, exist_ok=True)
+    first = executors.sweep(executor, [_task(overrides, out_dir, device, "idem")],
+                            out_dir / "runs", callback)
+    if not first.values:
+        raise RuntimeError(f"the iDEM run failed: {next(iter(first.failed.values()))}")
+    spent = next(iter(first.values.values()))["counts"]["n_energy"]
+    rest = executors.sweep(executor, [_task(overrides, out_dir, device, name, i, spent)
+                                      for i, name in enumerate(cfg.baselines)],
+                           out_dir / "runs", callback)
+    runs = {**first.values, **rest.values}
+    results = {r["method"]: _loaded(r) for r in runs.values()}
+    seconds = {r["method"]: r["seconds"] for r in runs.values()}
     torch.save({n: r.samples for n, r in results.items()}, out_dir / "samples.pt")
+    torch.manual_seed(cfg.seed)  # the evaluation's subsets: the same after any executor
     table = {name: evaluate(r.samples, target, reference.samples, max_ot=cfg.max_ot)
              for name, r in results.items()}
     headline = HEADLINE_MIXTURE if _is_mixture(target) else HEADLINE_PARTICLES
     verdict = decide(table, [m for m in headline if all(m in row for row in table.values())])
     _write(out_dir, cfg, idem_cfg, table, results, seconds, reference.source, verdict)
     callback("log", message=verdict["text"])
-    flat: dict[str, Any] = {"budget_n_energy": spent, "winner": verdict["winner"]}
+    flat: dict[str, Any] = {"budget_n_energy": spent, "winner": verdict["winner"],
+                            **executors.tally(executor, first, rest)}
     for name, row in table.items():
         for metric in verdict["metrics"]:
             flat[f"{name}.{metric}"] = row[metric]
             if f"{metric}_floor" in row:
                 flat[f"floor.{metric}"] = row[f"{metric}_floor"]
     return flat
+
+
+def run_method(overrides: list[str], out_dir: str, method: str, index: int = 0,
+               budget: int | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Task: iDEM (method "idem", its own budget) or baseline number `index` at `budget`,
+    seeded from the config's seed, on `device` (the target moved there); its samples saved on
+    the host under out_dir/samples. Returns the samples' path, counts, diagnostics and wall
+    seconds."""
+    from boltzkit.app import runner
+    from boltzkit.core.seeding import seed_everything
+    from boltzkit.samplers import idem
+
+    cfg, idem_sets, mcmc_sets = _split_overrides(overrides)
+    idem_cfg = dataclasses.replace(override(idem.preset(cfg.preset), idem_sets), device=device)
+    target = runner.on_config_device(runner.build_target(cfg.target), idem_cfg)
+    start = time.perf_counter()
+    if method == "idem":
+        seed_everything(cfg.seed)
+        result = idem.sample(target, idem_cfg, n_samples=cfg.n_samples, budget=cfg.budget,
+                             run_dir=Path(out_dir) / "idem", resume=cfg.resume)
+        seconds = result.diagnostics["wall_seconds"]  # all processes if resumed
+    else:
+        seed_everything(cfg.seed + 1 + index)
+        result = _baseline(method, target, cfg, mcmc_sets, int(budget or 0), null_callback)
+        seconds = time.perf_counter() - start
+    path = Path(out_dir) / "samples" / f"{method}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log_w = None if result.log_w is None else result.log_w.cpu()
+    torch.save({"samples": result.samples.cpu(), "log_w": log_w}, path)  # the host
+    return {"method": method, "path": str(path), "counts": result.counts,
+            "diagnostics": json.loads(json.dumps(result.diagnostics, default=str)),
+            "seconds": seconds}
+
+
+def _task(overrides: list[str], out_dir: Path, device: str, method: str, index: int = 0,
+          budget: int | None = None) -> executors.Task:
+    """The task of `run_method`; the device is no part of its key (a run finished on one
+    device is not redone on another)."""
+    kwargs = {"overrides": list(overrides), "out_dir": str(out_dir), "method": method,
+              "index": index, "budget": budget}
+    return executors.Task(executors.task_key(method, kwargs), run_method,
+                          {**kwargs, "device": device})
+
+
+def _loaded(record: dict[str, Any]) -> SampleResult:
+    saved = torch.load(record["path"], weights_only=False)
+    return SampleResult(saved["samples"], saved["log_w"], None, record["diagnostics"],
+                        record["counts"])
 
 
 def decide(table: dict[str, dict[str, float]], metrics: list[str]) -> dict[str, Any]:

@@ -17,12 +17,19 @@ temperature scaling only), reverse_kl (over the range), nll_reverse_kl, reweight
 to c), nll_data (conditional NLL on the boundary data only). Every experiment writes results.csv
 (long form), results.md (one table per metric, methods x conditions), settings.json and figures into
 out_dir; entry points seed torch and record the seed, threads and load.
+
+Each method (training and scoring one flow) is a task for `boltzkit.app.executors`
+(`--executor serial|local|ray`, `method_task`): it seeds itself from `seed`, so the tables do
+not depend on the executor; what the methods share (references, HMC draws, observations) is
+drawn once beforehand into out_dir/shared.pt; results are kept in out_dir/runs (flows in
+out_dir/models), and a re-run in the same directory skips the methods already finished.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -35,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from boltzkit.app import executors
 from boltzkit.core import config as configs
 from boltzkit.core.callback import Callback
 from boltzkit.mc import estimators
@@ -103,23 +111,72 @@ def trade_config(settings: Settings, method: str, **problem: Any) -> trade.Confi
     return configs.override(configs.override(base, METHODS[method]), list(settings.trade_set))
 
 
-def train_methods(settings: Settings, family: Family, data: trade.Data, problem: dict[str, Any],
-                  callback: Callback, context_dim: int = 0, device: str = "cpu"
-                  ) -> dict[str, tuple[ConditionalFlow, dict[str, Any]]]:
-    """One flow per method, each from the same seed and data, trained on `device` (the target
-    and the data moved there) and handed back on the host, where the evaluation runs."""
+def train_method(settings: Settings, method: str, family: Family, data: trade.Data,
+                 problem: dict[str, Any], context_dim: int = 0, device: str = "cpu"
+                 ) -> tuple[ConditionalFlow, dict[str, Any]]:
+    """The flow of `method`, trained from `settings.seed` on `data` on `device` (the target and
+    the data moved there); (flow in eval mode on the host, where the evaluation runs, training
+    record)."""
     family, data = on_device(family, data, device)
-    out = {}
-    for method in settings.methods:
-        config = dataclasses.replace(trade_config(settings, method, **problem), device=device)
-        torch.manual_seed(settings.seed)
-        flow = trade.build_flow(config, data.x.shape[-1], data.x, context_dim)
-        callback("log", message=f"training {method}")
-        record = trade.train(flow, family, config, data, callback=callback)
-        callback("log", message=f"{method}: {record['n_steps']} steps in "
-                                f"{record['seconds']:.0f} s")
-        out[method] = (flow.to("cpu").eval(), record)
-    return out
+    config = dataclasses.replace(trade_config(settings, method, **problem), device=device)
+    torch.manual_seed(settings.seed)
+    flow = trade.build_flow(config, data.x.shape[-1], data.x, context_dim)
+    record = trade.train(flow, family, config, data)
+    return flow.to("cpu").eval(), record
+
+
+# ---- methods as executor tasks ------------------------------------------------------------
+# experiment -> "module:prefix": prefix_setup(settings, shared) -> (family, data, problem,
+# context_dim) and prefix_score(method, flow, record, settings, shared) -> (rows, extra)
+PROBLEMS = {"trade-gmm": "boltzkit.experiments.trade_exps:gmm",
+            "trade-multi-well": "boltzkit.experiments.trade_exps:multi_well",
+            "trade-phi4": "boltzkit.experiments.trade_extra:phi4",
+            "trade-two-moons": "boltzkit.experiments.trade_extra:moons"}
+
+
+def method_task(experiment: str, overrides: list[str], method: str, out_dir: str,
+                device: str = "cpu") -> dict[str, Any]:
+    """Task: trains `method` for `experiment` on `device` (its setup seeded with the settings'
+    seed) and scores it on the host; the flow is saved to out_dir/models. Returns rows, extra
+    scores, the flow's path and the training seconds."""
+    settings, out = settings_from(overrides), Path(out_dir)
+    module, prefix = PROBLEMS[experiment].split(":")
+    problem = importlib.import_module(module)
+    shared = torch.load(out / "shared.pt", weights_only=False)
+    torch.manual_seed(settings.seed)
+    family, data, conditions, context_dim = getattr(problem, f"{prefix}_setup")(settings, shared)
+    flow, record = train_method(settings, method, family, data, conditions, context_dim,
+                                device)
+    path = out / "models" / f"{method}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(flow, path)
+    rows, extra = getattr(problem, f"{prefix}_score")(method, flow, record, settings, shared)
+    return {"rows": rows, "extra": extra, "flow": str(path), "seconds": record["seconds"]}
+
+
+def run_methods(experiment: str, settings: Settings, overrides: list[str], out_dir: Path,
+                shared: dict[str, Any], callback: Callback,
+                executor: executors.Executor | None, device: str = "cpu"
+                ) -> tuple[dict[str, dict], dict]:
+    """Every method of `settings` as a task on `executor`, trained on `device` (no part of the
+    task's key: a method finished on one device is not redone on another); (method -> task
+    value for those that finished, the sweep's tally)."""
+    torch.save(shared, out_dir / "shared.pt")
+    common = {k: v for k, v in configs.to_dict(settings).items() if k not in ("methods",
+                                                                                "figures")}
+    tasks = [executors.Task(executors.task_key(f"{experiment}-{m}", {**common, "method": m}),
+                            method_task, {"experiment": experiment, "overrides": list(overrides),
+                                          "method": m, "out_dir": str(out_dir),
+                                          "device": device},
+                            num_cpus=settings.threads) for m in settings.methods]
+    done = executors.sweep(executor, tasks, out_dir / "runs", callback)
+    values = {t.kwargs["method"]: done.values[t.key] for t in tasks if t.key in done.values}
+    return values, executors.tally(executor, done)
+
+
+def load_flow(value: dict[str, Any]) -> ConditionalFlow:
+    """A finished method's flow (for figures)."""
+    return torch.load(value["flow"], weights_only=False)
 
 
 def on_device(family: Family, data: trade.Data, device: str) -> tuple[Family, trade.Data]:
@@ -234,30 +291,47 @@ def gmm_kl(flow: ConditionalFlow, reference: tuple[Tensor, Tensor, Tensor],
     return float(est.mean), float(est.se)
 
 
-def run_gmm(out_dir: Path, overrides: list[str], callback: Callback, device: str = "cpu"
-            ) -> dict[str, Any]:
-    """TRADE vs baselines on tempered-gmm-2d (data at T = 1 only, T in [0.162, 6.16])."""
+GMM_PROBLEM = {"parameter": "temperature", "c0": 1.0, "c_min": 0.162, "c_max": 6.16}
+
+
+def gmm_setup(settings: Settings, shared: dict[str, Any]) -> tuple:
+    target = get_target("tempered-gmm-2d")
+    data = trade.Data(target.sample(settings.n_data).float(), 1.0)
+    return Family(target), data, GMM_PROBLEM, 0
+
+
+def gmm_score(method: str, flow: ConditionalFlow, record: dict[str, Any], settings: Settings,
+              shared: dict[str, Any]) -> tuple[list[dict[str, Any]], None]:
+    exact = Family(get_target("tempered-gmm-2d").uncounted())
+    rows = []
+    for temp in GMM_TEMPERATURES:
+        kl, kl_se = gmm_kl(flow, shared["references"][temp], temp)
+        rows.append({"method": method, "T": temp, "kl": kl, "kl_se": kl_se,
+                     **is_row(flow, exact, temp, settings.n_eval),
+                     "train_s": record["seconds"], "n_energy": record["history"][-1]["n_energy"]})
+    return rows, None
+
+
+def run_gmm(out_dir: Path, overrides: list[str], callback: Callback,
+            executor: executors.Executor | None = None, device: str = "cpu") -> dict[str, Any]:
+    """TRADE vs baselines on tempered-gmm-2d (data at T = 1 only, T in [0.162, 6.16]); the
+    methods are tasks on `executor` (default serial), trained on `device`."""
     out_dir, settings, record = begin_run(out_dir, overrides, "trade-gmm")
     t0 = time.perf_counter()
     target = get_target("tempered-gmm-2d")
-    problem = {"parameter": "temperature", "c0": 1.0, "c_min": 0.162, "c_max": 6.16}
-    data = trade.Data(target.sample(settings.n_data).float(), 1.0)
-    flows = train_methods(settings, Family(target), data, problem, callback, device=device)
+    torch.manual_seed(settings.seed + 1)
     references = {temp: gmm_reference(target, temp, settings.n_eval) for temp in GMM_TEMPERATURES}
-    rows = []
-    for method, (flow, rec) in flows.items():
-        for temp in GMM_TEMPERATURES:
-            kl, kl_se = gmm_kl(flow, references[temp], temp)
-            rows.append({"method": method, "T": temp, "kl": kl, "kl_se": kl_se,
-                         **is_row(flow, Family(target.uncounted()), temp, settings.n_eval),
-                         "train_s": rec["seconds"], "n_energy": rec["history"][-1]["n_energy"]})
+    done, tally = run_methods("trade-gmm", settings, overrides, out_dir,
+                              {"references": references}, callback, executor, device)
+    rows = [r for v in done.values() for r in v["rows"]]
     write_tables(out_dir, rows, ("kl", "ess_fraction"), "T",
                  "trade-gmm: KL(p_T || q_T) (nats, exact log Z(T)) and IS ESS/N",
                  f"data at T = 1 only ({settings.n_data} samples); {settings.n_steps} steps.")
     if settings.figures:
+        flows = {m: (load_flow(v), None) for m, v in done.items()}
         _density_figure(out_dir / "densities.png", target, flows, (0.336, 1.0, 2.976))
     headline = {"mean_kl": means_by_method(rows, "kl"),
-                "mean_ess_fraction": means_by_method(rows, "ess_fraction")}
+                "mean_ess_fraction": means_by_method(rows, "ess_fraction"), **tally}
     return finish_run(out_dir, record, t0, headline)
 
 
@@ -284,37 +358,53 @@ def _density_figure(path: Path, target: Any, flows: dict[str, Any],
 
 
 # ---- multi-well-5d --------------------------------------------------------------------------
+MULTI_WELL_PROBLEM = {"parameter": "temperature", "c0": 1.0, "c_min": 0.5, "c_max": 1.0}
+
+
+def multi_well_setup(settings: Settings, shared: dict[str, Any]) -> tuple:
+    target = get_target("multi-well-5d")
+    data = trade.Data(target.sample(settings.n_data).float(), 1.0)
+    return Family(target), data, MULTI_WELL_PROBLEM, 0
+
+
+def multi_well_score(method: str, flow: ConditionalFlow, record: dict[str, Any],
+                     settings: Settings, shared: dict[str, Any]
+                     ) -> tuple[list[dict[str, Any]], None]:
+    target, rows = get_target("multi-well-5d").uncounted(), []
+    for temp in (0.5, 0.7, 1.0):
+        exact = target.tempered(temp)
+        x = exact.sample(settings.n_eval)
+        with torch.no_grad():
+            gap = exact.log_prob(x) - exact.log_Z - flow.log_prob(
+                x.to(dtype_of(flow)), temp).double()
+        rows.append({"method": method, "T": temp, "kl": float(gap.mean()),
+                     "kl_se": float(gap.std() / math.sqrt(len(gap))),
+                     "forward_ess_fraction": estimators.forward_ess_fraction(-gap),
+                     **is_row(flow, Family(target), temp, settings.n_eval),
+                     "train_s": record["seconds"]})
+    return rows, None
+
+
 def run_multi_well(out_dir: Path, overrides: list[str], callback: Callback,
-                   device: str = "cpu") -> dict[str, Any]:
+                   executor: executors.Executor | None = None, device: str = "cpu"
+                   ) -> dict[str, Any]:
     """TRADE vs baselines on multi-well-5d (data at T = 1, T in [0.5, 1]); KL(p_T || q_T) from
-    exact samples with the exact log Z, and ESS/N, at T = 0.5 and 1."""
+    exact samples with the exact log Z, and ESS/N, at T = 0.5 and 1; the methods are tasks on
+    `executor` (default serial), trained on `device`."""
     out_dir, settings, record = begin_run(out_dir, overrides, "trade-multi-well")
     t0 = time.perf_counter()
-    target = get_target("multi-well-5d")
-    problem = {"parameter": "temperature", "c0": 1.0, "c_min": 0.5, "c_max": 1.0}
-    data = trade.Data(target.sample(settings.n_data).float(), 1.0)
-    flows = train_methods(settings, Family(target), data, problem, callback, device=device)
-    rows = []
-    for method, (flow, rec) in flows.items():
-        for temp in (0.5, 0.7, 1.0):
-            exact = target.uncounted().tempered(temp)
-            x = exact.sample(settings.n_eval)
-            with torch.no_grad():
-                gap = exact.log_prob(x) - exact.log_Z - flow.log_prob(
-                    x.to(dtype_of(flow)), temp).double()
-            rows.append({"method": method, "T": temp, "kl": float(gap.mean()),
-                         "kl_se": float(gap.std() / math.sqrt(len(gap))),
-                         "forward_ess_fraction": estimators.forward_ess_fraction(-gap),
-                         **is_row(flow, Family(target.uncounted()), temp, settings.n_eval),
-                         "train_s": rec["seconds"]})
+    done, tally = run_methods("trade-multi-well", settings, overrides, out_dir, {}, callback,
+                              executor, device)
+    rows = [r for v in done.values() for r in v["rows"]]
     write_tables(out_dir, rows, ("kl", "ess_fraction", "forward_ess_fraction"), "T",
                  "trade-multi-well: KL(p_T || q_T) (nats, exact samples) and ESS/N",
                  f"data at T = 1 only ({settings.n_data} samples); {settings.n_steps} steps.")
     headline = {"kl_T0.5": {r["method"]: r["kl"] for r in rows if r["T"] == 0.5},
-                "ess_T0.5": {r["method"]: r["ess_fraction"] for r in rows if r["T"] == 0.5}}
+                "ess_T0.5": {r["method"]: r["ess_fraction"] for r in rows if r["T"] == 0.5},
+                **tally}
     return finish_run(out_dir, record, t0, headline)
 
 
 __all__ = ["METHODS", "Settings", "begin_run", "finish_run", "gmm_kl", "gmm_reference",
            "grid_reference", "is_row", "means_by_method", "run_gmm", "run_multi_well",
-           "train_methods", "trade_config", "write_tables"]
+           "method_task", "run_methods", "train_method", "trade_config", "write_tables"]

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from boltzkit.app.executors import Executor
 from boltzkit.core.callback import Callback
 from boltzkit.experiments import trade_exps as tx
 from boltzkit.mc import estimators
@@ -89,9 +90,30 @@ def bootstrap(groups: Tensor, log_w: Tensor | None, target: Phi4, n_boot: int = 
     return {k: (v, float(torch.tensor([r[k] for r in reps]).std())) for k, v in est.items()}
 
 
+PHI4_PROBLEM = {"parameter": "kappa", "c0": 0.25, "c_min": 0.22, "c_max": 0.32}
+
+
+def phi4_setup(settings: tx.Settings, shared: dict[str, Any]) -> tuple:
+    """The boundary data: the HMC draws at kappa = 0.25 and 0.29 (shared)."""
+    refs, target = shared["refs"], Phi4(8, 0.02, 0.25)
+    xs = torch.cat([refs[k].reshape(-1, target.dim) for k in (0.25, 0.29)])
+    cs = torch.tensor([0.25, 0.29]).repeat_interleave(len(xs) // 2)
+    return Family(target), trade.Data(xs.float(), cs.float()), PHI4_PROBLEM, 0
+
+
+def phi4_score(method: str, flow: ConditionalFlow, record: dict[str, Any],
+               settings: tx.Settings, shared: dict[str, Any]) -> tuple[list[dict], None]:
+    target = Phi4(8, 0.02, 0.25)
+    return [{"method": method, "kappa": kappa, "train_s": record["seconds"],
+             **_phi4_flow_row(flow, target, kappa, settings.n_eval)}
+            for kappa in PHI4_KAPPAS], None
+
+
 def phi4_experiment(out_dir: Path, overrides: list[str], callback: Callback,
-                    device: str = "cpu") -> dict[str, Any]:
-    """One flow over kappa in [0.22, 0.32] from HMC data at kappa = 0.25 and 0.29."""
+                    executor: Executor | None = None, device: str = "cpu") -> dict[str, Any]:
+    """One flow over kappa in [0.22, 0.32] from HMC data at kappa = 0.25 and 0.29; the HMC
+    references are drawn first, then the methods are tasks on `executor` (default serial),
+    trained on `device`."""
     items = list(overrides) + ([] if any(o.startswith("methods=") for o in overrides)
                                else ["methods=trade-grid-fit,trade-free-fit,nll_data"])
     out_dir, settings, record = tx.begin_run(out_dir, items, "trade-phi4")
@@ -103,19 +125,14 @@ def phi4_experiment(out_dir: Path, overrides: list[str], callback: Callback,
         callback("log", message=f"HMC reference at kappa = {kappa}")
         refs[kappa] = phi4_mcmc(target.uncounted().with_kappa(kappa), n_chains, n_burn, n_keep,
                                 thin).transpose(0, 1)  # [chains, keep, V]
-    xs = torch.cat([refs[k].reshape(-1, target.dim) for k in (0.25, 0.29)])
-    cs = torch.tensor([0.25, 0.29]).repeat_interleave(n_chains * n_keep)
-    data = trade.Data(xs.float(), cs.float())
-    problem = {"parameter": "kappa", "c0": 0.25, "c_min": 0.22, "c_max": 0.32}
-    flows = tx.train_methods(settings, Family(target), data, problem, callback, device=device)
+    done, tally = tx.run_methods("trade-phi4", settings, items, out_dir, {"refs": refs},
+                                 callback, executor, device)
     rows = []
-    for kappa in PHI4_KAPPAS:
+    for i, kappa in enumerate(PHI4_KAPPAS):
         mc = bootstrap(refs[kappa], None, target.with_kappa(kappa))
         rows.append({"method": "hmc", "kappa": kappa, **{k: v[0] for k, v in mc.items()},
                      **{f"{k}_se": v[1] for k, v in mc.items()}})
-        for method, (flow, rec) in flows.items():
-            rows.append({"method": method, "kappa": kappa, "train_s": rec["seconds"],
-                         **_phi4_flow_row(flow, target, kappa, settings.n_eval)})
+        rows += [value["rows"][i] for value in done.values()]
     tx.write_tables(out_dir, rows, ("ess_fraction", *PHI4_OBSERVABLES, "abs_m_raw"), "kappa",
                     "trade-phi4: flow (reweighted; abs_m_raw unweighted) vs HMC",
                     f"HMC: {n_chains} chains x {n_keep} draws per kappa, bootstrap over chains "
@@ -123,7 +140,7 @@ def phi4_experiment(out_dir: Path, overrides: list[str], callback: Callback,
     if settings.figures:
         phi4_figure(out_dir / "observables.png", rows)
     headline = {"mean_ess_fraction": tx.means_by_method(
-        [r for r in rows if r["method"] != "hmc"], "ess_fraction")}
+        [r for r in rows if r["method"] != "hmc"], "ess_fraction"), **tally}
     return tx.finish_run(out_dir, record, t0, headline)
 
 
@@ -184,38 +201,59 @@ def calibration(flow: ConditionalFlow, ref: tuple[Tensor, Tensor, Tensor], beta:
     return ((rank[None, :] <= levels[:, None]).double() * w).sum(1)
 
 
+MOONS_PROBLEM = {"parameter": "beta", "c0": 1.0, "c_min": 0.4, "c_max": 2.1}
+
+
+def moons_setup(settings: tx.Settings, shared: dict[str, Any]) -> tuple:
+    """Joint simulator draws at beta = 1, amortised over y."""
+    target = TwoMoonsPosterior()
+    theta, y = target.sample_joint(settings.n_data)
+    return Family(target), trade.Data(theta.float(), 1.0, y.float()), MOONS_PROBLEM, 2
+
+
+def moons_score(method: str, flow: ConditionalFlow, record: dict[str, Any],
+                settings: tx.Settings, shared: dict[str, Any]
+                ) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    """Rows per beta and the coverage curves (extra: beta -> coverage)."""
+    rows, curves = [], {}
+    for beta in MOONS_BETAS:
+        scores = _moons_scores(flow, TwoMoonsPosterior(), shared["refs"][beta],
+                               shared["observations"], beta, shared["levels"], settings.n_eval)
+        curves[str(beta)] = scores.pop("coverage")
+        rows.append({"method": method, "beta": beta, **scores})
+    return rows, curves
+
+
 def two_moons_experiment(out_dir: Path, overrides: list[str], callback: Callback,
-                         device: str = "cpu") -> dict[str, Any]:
-    """TRADE vs the beta = 1 flow (latent scaling) on tempered two-moons posteriors."""
+                         executor: Executor | None = None, device: str = "cpu"
+                         ) -> dict[str, Any]:
+    """TRADE vs the beta = 1 flow (latent scaling) on tempered two-moons posteriors; the
+    observations and grid references are drawn first (seed + 1), then the methods are tasks on
+    `executor` (default serial), trained on `device`."""
     items = list(overrides) + ([] if any(o.startswith("methods=") for o in overrides)
                                else ["methods=trade-free,latent_nll"])
     out_dir, settings, record = tx.begin_run(out_dir, items, "trade-two-moons")
     t0 = time.perf_counter()
     target = TwoMoonsPosterior()
-    theta, y = target.sample_joint(settings.n_data)
-    data = trade.Data(theta.float(), 1.0, y.float())
-    problem = {"parameter": "beta", "c0": 1.0, "c_min": 0.4, "c_max": 2.1}
-    flows = tx.train_methods(settings, Family(target), data, problem, callback, context_dim=2,
-                             device=device)
     n_obs = 3 if settings.n_steps < 100 else 10
+    torch.manual_seed(settings.seed + 1)
     _, observations = target.sample_joint(n_obs)
     levels = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
-    rows, curves = [], {}
-    for beta in MOONS_BETAS:
-        refs = [moons_reference(target, y_j, beta, min(settings.n_eval, 4000))
-                for y_j in observations]
-        for method, (flow, _) in flows.items():
-            scores = _moons_scores(flow, target, refs, observations, beta, levels,
-                                   settings.n_eval)
-            curves[(method, beta)] = scores.pop("coverage")
-            rows.append({"method": method, "beta": beta, **scores})
+    refs = {beta: [moons_reference(target, y_j, beta, min(settings.n_eval, 4000))
+                   for y_j in observations] for beta in MOONS_BETAS}
+    shared = {"refs": refs, "observations": observations, "levels": levels}
+    done, tally = tx.run_methods("trade-two-moons", settings, items, out_dir, shared, callback,
+                                 executor, device)
+    rows = sorted((r for v in done.values() for r in v["rows"]),
+                  key=lambda r: MOONS_BETAS.index(r["beta"]))
+    curves = {(m, beta): v["extra"][str(beta)] for m, v in done.items() for beta in MOONS_BETAS}
     tx.write_tables(out_dir, rows, ("kl", "calibration_error", "ess_fraction"), "beta",
                     "trade-two-moons: KL(p || q), max |coverage - level| and ESS/N, mean over "
                     f"{n_obs} observations", f"data at beta = 1 only; {settings.n_steps} steps.")
     if settings.figures:
         calibration_figure(out_dir / "calibration.png", levels, curves)
-    headline = {m: {r["beta"]: r["kl"] for r in rows if r["method"] == m} for m in flows}
-    return tx.finish_run(out_dir, record, t0, headline)
+    headline = {m: {r["beta"]: r["kl"] for r in rows if r["method"] == m} for m in done}
+    return tx.finish_run(out_dir, record, t0, {**headline, **tally})
 
 
 def calibration_figure(path: Path, levels: Tensor,

@@ -85,8 +85,8 @@ def train(
     Returns the training record: history (step, loss, n_energy), n_nonfinite, stopped_by_budget.
 
     Data-parallel when torch.distributed is initialised (`boltzkit.samplers.distributed`): each
-    rank computes its shards of the global batch, gradients and losses are summed over ranks,
-    and `budget`, `reserve` and the recorded n_energy are per rank (global / world size).
+    rank computes its shards of the global batch; gradients, losses and evaluation counts are
+    summed over ranks, so `budget`, `reserve` and the recorded n_energy are global.
     """
     if config.objective != "reverse" and data is None:
         raise UsageError(f"objective {config.objective!r} needs samples (data)")
@@ -97,8 +97,7 @@ def train(
         distributed.broadcast_parameters(flow, w)
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr)
     record: dict[str, Any] = {"history": [], "n_nonfinite": 0, "stopped_by_budget": False}
-    run = Run(target, budget=None if budget is None else budget // w.size,
-              reserve=reserve // w.size, run_dir=run_dir if w.rank == 0 else None,
+    run = Run(target, budget=budget, reserve=reserve, run_dir=run_dir if w.rank == 0 else None,
               checkpoint_every=config.checkpoint_every, callback=callback)
     seed = torch.initial_seed()
     step, ckpt = 0, run.load(resume)
@@ -107,9 +106,10 @@ def train(
         opt.load_state_dict(ckpt["opt"])
         step, record = ckpt["step"], ckpt["record"]
     run.start(total=config.n_steps, unit="step", description="flow BG")
-    cost = config.batch_size // w.size if config.objective != "forward" else 0
+    cost = config.batch_size if config.objective != "forward" else 0
     with run.deferred_interrupts():
         while step < config.n_steps and not run.stop_before(cost):
+            before = target.counter.as_dict()
             if sharded:
                 loss = _sharded_loss(flow, target, config, data, record, seed, step, w)
             else:
@@ -117,6 +117,7 @@ def train(
             opt.zero_grad()
             loss.backward()
             distributed.sum_gradients(flow.parameters(), w)
+            distributed.share_counts(target, before, w)
             torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
             opt.step()
             step += 1
@@ -158,19 +159,13 @@ def _sharded_loss(flow: ConditionalFlow, target: Target, config: Config, data: T
     """This rank's part (1/S) sum_{s of this rank} l_s of the global loss, shard s drawn under
     its own seed (the global RNG is restored after each)."""
     n = config.batch_size // config.n_shards
-    loss = torch.zeros((), dtype=dtype_of(flow), device=device_of(flow))
-    for shard in distributed.shards(config.n_shards, w):
-        with torch.random.fork_rng():
-            torch.manual_seed(distributed.shard_seed(seed, step, shard))
-            loss = loss + _step_loss(flow, target, config, data, record, n) / config.n_shards
-    return loss
+    parts = distributed.shard_map(lambda s: _step_loss(flow, target, config, data, record, n),
+                                  config.n_shards, w, seed, step)
+    return torch.stack(parts).sum() / config.n_shards
 
 
 def _check_shards(config: Config, w: distributed.World, resume: bool) -> None:
-    distributed.shards(config.n_shards, w)
-    if config.batch_size % config.n_shards:
-        raise UsageError(f"batch_size={config.batch_size} must be a multiple of "
-                         f"n_shards={config.n_shards}")
+    distributed.check_shards(config.n_shards, config.batch_size, w)
     if resume and w.size > 1:
         raise UsageError("resuming a data-parallel run is not supported yet")
 

@@ -33,7 +33,7 @@ from boltzkit.diffusion.schedules import VESchedule
 from boltzkit.diffusion.sde import reverse_sde
 from boltzkit.mc.noise import Particles, gaussian_noise
 from boltzkit.models.egnn import EGNN
-from boltzkit.samplers import Callback, SampleResult, null_callback
+from boltzkit.samplers import Callback, SampleResult, distributed, null_callback
 from boltzkit.samplers.idem.core import (
     FifoBuffer,
     buffer_init,
@@ -70,6 +70,10 @@ class Config:
     autograd) runs the EGNN's edge work through the compiled kernel of `boltzkit.models.fused`,
     the same function up to rounding and about 2x faster on LJ-13 (BENCHMARKS.md); it is built
     once on first use, and library calls are used where no C++ compiler is available.
+    `n_shards` > 1: each training batch is S seeded shards of batch_size / S (x0, t, noise and
+    the B x K estimator), shared out over the data-parallel ranks when torch.distributed is
+    initialised (`boltzkit.samplers.distributed`): the trajectory does not depend on the number
+    of ranks; generation runs whole on every rank, in lock-step.
     """
 
     network: Literal["auto", "mlp", "egnn"] = "auto"
@@ -106,12 +110,13 @@ class Config:
     # `boltzkit.samplers.idem.exact`), costing n_samples energy evaluations; "none": the SDE's
     correction: Literal["none", "ode"] = "none"
     ode_tolerance: float = 1e-5
+    n_shards: int = 1
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=(
             "hidden", "n_layers", "sigma_min", "sigma_max", "n_mc", "clip_score", "buffer_size",
             "n_outer", "n_inner", "batch_size", "n_generate", "n_sde_steps", "lr", "grad_clip",
-            "n_init", "scale", "max_elements", "ode_tolerance"),
+            "n_init", "scale", "max_elements", "ode_tolerance", "n_shards"),
             nonnegative=("loss_weight_eps", "noise_scale", "checkpoint_every",
                          "train_chunk_edges"),
             fractions=("ema_decay",))
@@ -225,12 +230,17 @@ class _Training:
         self.schedule = VESchedule(config.sigma_min, config.sigma_max)
         with self.device:  # parameters and buffers (edge lists) are made there
             self.net = build_network(config, target).to(dtype=self.dtype)
+        self.world, self.seed = distributed.world(), torch.initial_seed()
+        self.sharded = config.n_shards > 1 or self.world.size > 1
+        if self.sharded:
+            distributed.check_shards(config.n_shards, config.batch_size, self.world)
+            distributed.broadcast_parameters(self.net, self.world)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.ema = copy.deepcopy(self.net) if config.ema_decay is not None else None
         self.buffer: FifoBuffer = buffer_init(target.dim, config.buffer_size, self.like)
         self.run = Run(target, budget=budget, reserve=reserve, run_dir=run_dir,
-                       checkpoint_every=config.checkpoint_every, checkpoint_name=CHECKPOINT,
-                       callback=callback)
+                       checkpoint_every=config.checkpoint_every if self.world.rank == 0 else 0,
+                       checkpoint_name=CHECKPOINT, callback=callback)
         self.evaluate = CountingEvaluator(self.run, config.scale)
         self.iteration = 0
         self.resumed_from: int | None = None
@@ -247,8 +257,8 @@ class _Training:
     def outer_iteration(self) -> float:
         c = self.config
         losses, ess = [], []
-        for _ in range(c.n_inner):
-            loss, ess_mean = self.inner_step()
+        for i in range(c.n_inner):
+            loss, ess_mean = self.inner_step(self.iteration * c.n_inner + i)
             losses.append(loss)
             ess.append(ess_mean)
         self.buffer = buffer_push(self.buffer, self.generate(c.n_generate))
@@ -257,12 +267,38 @@ class _Training:
         self.traces["ess_mean"].append(sum(ess) / len(ess))
         return self.traces["loss"][-1]
 
-    def inner_step(self) -> tuple[float, float]:
+    def inner_step(self, step: int = 0) -> tuple[float, float]:
+        """One Adam step on the DEM loss of a batch (its S shards when sharded: this rank's
+        computed, gradients, loss, ESS and counts summed over the ranks). Returns (loss, mean
+        estimator ESS)."""
         c = self.config
         self.run.check(c.batch_size * c.n_mc)
-        x0 = (self.prior(c.batch_size) if c.training_points == "prior"
-              else buffer_sample(self.buffer, c.batch_size))
-        t = torch.rand(c.batch_size, dtype=self.dtype, device=self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.sharded:
+            before, n = self.target.counter.as_dict(), c.batch_size // c.n_shards
+            parts = distributed.shard_map(lambda s: self.batch_loss(n, 1 / c.n_shards),
+                                          c.n_shards, self.world, self.seed, step)
+            distributed.sum_gradients(self.net.parameters(), self.world)
+            distributed.share_counts(self.target, before, self.world)
+            means = [sum(p) / c.n_shards for p in zip(*parts, strict=True)]
+            loss, ess = distributed.all_sums(means, self.world)
+        else:
+            loss, ess = self.batch_loss(c.batch_size)
+        if c.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for avg, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
+                    avg.lerp_(p, 1.0 - c.ema_decay)
+        return loss, ess
+
+    def batch_loss(self, n: int, share: float = 1.0) -> tuple[float, float]:
+        """Draws n training points, their S_K targets and adds share x the gradient of their
+        DEM loss to the parameters' .grad. Returns (loss, mean estimator ESS) of the n."""
+        c = self.config
+        x0 = self.prior(n) if c.training_points == "prior" else buffer_sample(self.buffer, n)
+        t = torch.rand(n, dtype=self.dtype, device=self.device)
         sigma = self.schedule.sigma(t)
         xt = x0 + sigma.unsqueeze(1) * gaussian_noise(tuple(x0.shape), x0, self.particles)
         start = time.perf_counter()
@@ -271,29 +307,22 @@ class _Training:
         goal = self.clip(est.score)
         mid = time.perf_counter()
         weight = loss_weight(self.schedule, t, c.loss_weight, c.loss_weight_eps)
-        loss = self.backward(xt, t, goal, weight)
-        if c.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
-        self.optimizer.step()
-        if self.ema is not None:
-            with torch.no_grad():
-                for avg, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
-                    avg.lerp_(p, 1.0 - c.ema_decay)
+        loss = self.backward(xt, t, goal, weight, share)
         self.seconds["estimator"] += mid - start
         self.seconds["network"] += time.perf_counter() - mid
         return loss, est.ess.mean().item()
 
-    def backward(self, xt: Tensor, t: Tensor, goal: Tensor, weight: Tensor) -> float:
-        """Sets the parameters' .grad to the gradient of the DEM loss over the batch, in chunks
-        of `train_chunk` samples: sum over chunks of (|chunk| / B) dem_loss(chunk) is the batch
-        loss, so the accumulated gradient is the batch gradient. Returns the loss."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def backward(self, xt: Tensor, t: Tensor, goal: Tensor, weight: Tensor,
+                 share: float = 1.0) -> float:
+        """Adds share x the gradient of the DEM loss over the batch to the parameters' .grad,
+        in chunks of `train_chunk` samples: sum over chunks of (|chunk| / B) dem_loss(chunk) is
+        the batch loss, so the accumulated gradient is the batch gradient. Returns the loss."""
         size, total = self.train_chunk, 0.0
         for i in range(0, len(xt), size):
             part = slice(i, i + size)
             loss = dem_loss(self.net(xt[part], t[part]), goal[part], weight[part])
             frac = len(xt[part]) / len(xt)
-            (loss * frac).backward()
+            (loss * (frac * share)).backward()
             total += loss.item() * frac
         return total
 
@@ -373,7 +402,7 @@ class _Training:
             "traces": self.traces, "seconds": self.seconds,
             "stopped_by_budget": self.run.stopped_by_budget,
             "wall_seconds": self.wall_seconds(),
-            "config": dataclasses.asdict(self.config),
+            "config": dataclasses.asdict(self.config), "shard_seed": self.seed,
         })
 
     def restore(self) -> None:
@@ -388,4 +417,5 @@ class _Training:
         self.buffer = FifoBuffer(state["buffer"].to(self.like), self.config.buffer_size)
         self.iteration = self.resumed_from = state["iteration"]
         self.traces, self.seconds = state["traces"], state["seconds"]
+        self.seed = state.get("shard_seed", self.seed)
         self.wall_before = state.get("wall_seconds", sum(self.seconds.values()))
