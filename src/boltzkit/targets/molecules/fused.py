@@ -50,27 +50,36 @@ def _build() -> tuple[ModuleType | None, str | None]:
     if os.environ.get("BOLTZKIT_NO_FUSED", "") not in ("", "0"):
         return None, "disabled by BOLTZKIT_NO_FUSED"
     try:
-        from torch.utils import cpp_extension
-
-        _ninja_on_path()
         capability = torch.backends.cpu.get_cpu_capability().lower()
-        name = f"boltzkit_forcefield_{capability}"  # one build per instruction set
-        # fast-math: the pair loops vectorise with libmvec's log/exp (forcefield_fused.cpp)
-        flags = ["-O3", "-ffast-math", "-fopenmp"] + _ISA_FLAGS.get(capability, [])
-        build = Path(cpp_extension._get_build_directory(name, False))
-        if not (build / f"{name}.so").exists():
-            print(f"boltzkit: building the fused force-field kernel in {build} (first use "
-                  "only, about a minute)", file=sys.stderr, flush=True)
-        # -fopenmp: at::parallel_for is OpenMP in torch's CPU builds (serial without it)
-        module = cpp_extension.load(name, [str(_SOURCE)], extra_cflags=flags,
-                                    extra_ldflags=["-fopenmp"], verbose=False)
-        return module, None
+        # one build per instruction set
+        return compile_kernel(f"boltzkit_forcefield_{capability}", _SOURCE), None
     except Exception as exc:  # no compiler, no ninja, failed build: fall back, say why
         lines = str(exc).strip().splitlines() or [""]
         error = f"{type(exc).__name__}: {lines[-1].strip()[:300]}"
         warnings.warn(f"boltzkit: fused force-field kernel unavailable ({error}); using "
                       "tensor ops with autograd", RuntimeWarning, stacklevel=3)
         return None, error
+
+
+def compile_kernel(name: str, source: Path) -> ModuleType:
+    """Builds (or loads from torch's cache) the extension `name` from the C++ file `source`
+    with this module's flags: -O3 -ffast-math -fopenmp and the instruction set torch detected
+    on this CPU (AVX2 or AVX-512; none beyond SSE2 otherwise), so that a cached build never
+    runs on a CPU without those instructions. Also used by benchmarks/aldp_energy.py to build
+    an older kernel from git for a before/after comparison."""
+    from torch.utils import cpp_extension
+
+    _ninja_on_path()
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    # fast-math: the pair loops vectorise with libmvec's log/exp (forcefield_fused.cpp)
+    flags = ["-O3", "-ffast-math", "-fopenmp"] + _ISA_FLAGS.get(capability, [])
+    build = Path(cpp_extension._get_build_directory(name, False))
+    if not (build / f"{name}.so").exists():
+        print(f"boltzkit: building the fused force-field kernel in {build} (first use "
+              "only, about a minute)", file=sys.stderr, flush=True)
+    # -fopenmp: at::parallel_for is OpenMP in torch's CPU builds (serial without it)
+    return cpp_extension.load(name, [str(source)], extra_cflags=flags,
+                              extra_ldflags=["-fopenmp"], verbose=False)
 
 
 def _ninja_on_path() -> None:
