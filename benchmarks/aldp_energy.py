@@ -15,8 +15,9 @@ dipeptide energy throughput").
 
 With `--baseline REV` (a git revision), also the kernel alone (`fused.energy_and_grad`, one
 thread, 20,000 configurations, CPU time per configuration, median of --repeats rounds that
-alternate the two kernels) for this tree's kernel and the one `forcefield_fused.cpp` had at REV,
-built with the same flags: a before/after comparison measured under the same load.
+alternate the kernels) for this tree's kernel and the one `forcefield_fused.cpp` had at REV,
+built with the same flags: a before/after comparison measured under the same load; and this
+tree's kernel without the GB term and without the torsions (what each term costs).
 
     python benchmarks/aldp_energy.py [--threads 2] [--repeats 3] [--target aldp] [--baseline REV]
 """
@@ -31,12 +32,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
 from boltzkit.targets.molecules import MolecularTarget, aldp, aldp_fab, fused
+from boltzkit.targets.molecules.parameters import ForceField
 
 BATCHES = (1_000, 10_000, 100_000)
 OPENMM_BATCHES = AUTOGRAD_BATCHES = (1_000, 10_000)
@@ -126,14 +129,27 @@ def kernel_costs(name: str, kernels: dict[str, ModuleType], repeats: int,
     for dtype in (torch.float32, torch.float64):
         x = inputs(t, n, dtype).view(n, t.n_particles, 3)
         ff = t._forcefield_for(x.device, dtype)
+        cases = [(label, module, ff) for label, module in kernels.items()]
+        # the last kernel without a term: what that term costs, in the same rounds
+        label, module = list(kernels.items())[-1]
+        cases += [(f"{label} without {term}", module, part)
+                  for term, part in without_terms(ff).items()]
         for _ in range(repeats):
-            for label, module in kernels.items():
-                def call(m: ModuleType = module, x: torch.Tensor = x, ff: object = ff) -> object:
-                    return fused.energy_and_grad(m, x, ff, True)
+            for label, module, field in cases:
+                def call(m: ModuleType = module, x: torch.Tensor = x, f: object = field) -> object:
+                    return fused.energy_and_grad(m, x, f, True)
                 cpu = seconds(call, 1)[1]
                 out.setdefault((label, str(dtype)[6:]), []).append(cpu / n * 1e6)
     torch.set_num_threads(threads)
     return {key: statistics.median(v) for key, v in out.items()}
+
+
+def without_terms(ff: ForceField) -> dict[str, ForceField]:
+    """The force field without its GB term, and without its torsions."""
+    none = ff.torsions[:0]
+    return {"GB": replace(ff, gb=None),
+            "torsions": replace(ff, torsions=none, torsion_n=ff.torsion_n[:0],
+                                torsion_phase=ff.torsion_phase[:0], torsion_k=ff.torsion_k[:0])}
 
 
 def kernel_table(costs: dict[tuple[str, str], float]) -> str:

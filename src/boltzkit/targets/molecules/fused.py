@@ -1,11 +1,11 @@
 """The optional compiled CPU kernel of the torch backend (`forcefield_fused.cpp`).
 
 `energy_and_grad(x, ff)` computes E and dE/dx of `energy.energy` with hand-derived gradients,
-16 configurations at a time laid out [coordinate][configuration] so that every loop over
+32 configurations at a time laid out [coordinate][configuration] so that every loop over
 force-field terms vectorises across configurations, blocks spread over torch's threads: the
-backend's fast path for CPU tensors that need no autograd graph (about 1.7 us per configuration
-and thread in float32, 2.9 us in float64; BENCHMARKS.md, "Alanine dipeptide energy
-throughput"). Computed in x's dtype; built with -ffast-math (sums reassociated, rounding at the
+backend's fast path for CPU tensors that need no autograd graph (about 1.5-1.7 us of CPU time
+per configuration in float32, 3.0-3.3 us in float64, on a loaded AVX-512 machine;
+BENCHMARKS.md, "Alanine dipeptide energy throughput", `--baseline` for a before/after). Computed in x's dtype; built with -ffast-math (sums reassociated, rounding at the
 level of the dtype's epsilon), compared with the autograd of `energy.py` in the tests.
 
 Built on first use with the system C++ compiler (about a minute, cached by torch in
