@@ -5,8 +5,9 @@
 force-field terms vectorises across configurations, blocks spread over torch's threads: the
 backend's fast path for CPU tensors that need no autograd graph (about 1.5-1.7 us of CPU time
 per configuration in float32, 3.0-3.3 us in float64, on a loaded AVX-512 machine;
-BENCHMARKS.md, "Alanine dipeptide energy throughput", `--baseline` for a before/after). Computed in x's dtype; built with -ffast-math (sums reassociated, rounding at the
-level of the dtype's epsilon), compared with the autograd of `energy.py` in the tests.
+BENCHMARKS.md, "Alanine dipeptide energy throughput", `--baseline` for a before/after).
+Computed in x's dtype; built with -ffast-math (sums reassociated, rounding at the level of the
+dtype's epsilon), compared with the autograd of `energy.py` in the tests.
 
 Built on first use with the system C++ compiler (about a minute, cached by torch in
 `~/.cache/torch_extensions` or `$TORCH_EXTENSIONS_DIR`).
