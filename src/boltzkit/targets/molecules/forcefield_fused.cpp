@@ -11,10 +11,12 @@
 // pair's dh/dr). Compared with the autograd of energy.py to 1e-10 relative in
 // tests/targets/test_aldp.py.
 //
-// Where the time goes (BENCHMARKS.md, "Alanine dipeptide energy throughput"): divisions and
-// square roots (vdivpd / vsqrtpd are the slowest vector instructions, several cycles each in
-// float64), libmvec's log/exp, and any lane loop the compiler fails to vectorise. Hence: every
-// lane loop is free of inner loops with a run-time trip count (they stop GCC's vectoriser),
+// Where the time goes (BENCHMARKS.md, "Alanine dipeptide energy throughput"): the GB term, about
+// two thirds of it (two Hawkins-Cramer-Truhlar integrals with a log per pair, then an exp and
+// a 1/sqrt per pair), then any lane loop the compiler fails to vectorise (the torsions were
+// scalar until their inner loop got a compile-time bound), then divisions and square roots
+// (the slowest vector instructions, several cycles each in float64). Hence: no lane loop
+// holds a loop with a run-time trip count (except the fallback for periodicities above 6),
 // reciprocals are shared (one division serves several 1/x, see `pair_pass`), the Born radii
 // are kept as 1/B (no division in the pair terms), and torsions on the same four atoms are
 // one Fourier series evaluated by a Chebyshev recurrence from (cos phi, sin phi).
