@@ -13,7 +13,13 @@ threads): on a shared, loaded machine the second is the stable measure of cost. 
 markdown table with the command, date, machine and load average (BENCHMARKS.md, "Alanine
 dipeptide energy throughput").
 
-    python benchmarks/aldp_energy.py [--threads 2] [--repeats 3] [--target aldp]
+With `--baseline REV` (a git revision), also the kernel alone (`fused.energy_and_grad`, one
+thread, 20,000 configurations, CPU time per configuration, median of --repeats rounds that
+alternate the kernels) for this tree's kernel and the one `forcefield_fused.cpp` had at REV,
+built with the same flags: a before/after comparison measured under the same load; and this
+tree's kernel without the GB term and without the torsions (what each term costs).
+
+    python benchmarks/aldp_energy.py [--threads 2] [--repeats 3] [--target aldp] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -21,13 +27,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
-from boltzkit.targets.molecules import MolecularTarget, aldp, aldp_fab
+from boltzkit.targets.molecules import MolecularTarget, aldp, aldp_fab, fused
+from boltzkit.targets.molecules.parameters import ForceField
 
 BATCHES = (1_000, 10_000, 100_000)
 OPENMM_BATCHES = AUTOGRAD_BATCHES = (1_000, 10_000)
@@ -93,20 +105,84 @@ def table(results: list[tuple[str, int, tuple[float, float]]], threads: int) -> 
     return "\n".join(lines)
 
 
+def baseline_kernel(rev: str) -> ModuleType:
+    """The kernel source at git revision `rev`, built under its own extension name."""
+    root = Path(__file__).resolve().parents[1]
+    path = "src/boltzkit/targets/molecules/forcefield_fused.cpp"
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=root, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    file = Path(tempfile.mkdtemp()) / f"forcefield_baseline_{sha}.cpp"
+    file.write_text(source)
+    return fused.compile_kernel(f"boltzkit_forcefield_baseline_{sha}", file)
+
+
+def kernel_costs(name: str, kernels: dict[str, ModuleType], repeats: int,
+                 n: int = 20_000) -> dict[tuple[str, str], float]:
+    """{(kernel, dtype): microseconds of CPU time per configuration} on one thread, the
+    median of `repeats` rounds that alternate the kernels (so that they share the load)."""
+    t = {"aldp": aldp, "aldp-fab": aldp_fab}[name](backend="torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out: dict[tuple[str, str], list[float]] = {}
+    for dtype in (torch.float32, torch.float64):
+        x = inputs(t, n, dtype).view(n, t.n_particles, 3)
+        ff = t._forcefield_for(x.device, dtype)
+        cases = [(label, module, ff) for label, module in kernels.items()]
+        # the last kernel without a term: what that term costs, in the same rounds
+        label, module = list(kernels.items())[-1]
+        cases += [(f"{label} without {term}", module, part)
+                  for term, part in without_terms(ff).items()]
+        for _ in range(repeats):
+            for label, module, field in cases:
+                def call(m: ModuleType = module, x: torch.Tensor = x, f: object = field) -> object:
+                    return fused.energy_and_grad(m, x, f, True)
+                cpu = seconds(call, 1)[1]
+                out.setdefault((label, str(dtype)[6:]), []).append(cpu / n * 1e6)
+    torch.set_num_threads(threads)
+    return {key: statistics.median(v) for key, v in out.items()}
+
+
+def without_terms(ff: ForceField) -> dict[str, ForceField]:
+    """The force field without its GB term, and without its torsions."""
+    none = ff.torsions[:0]
+    return {"GB": replace(ff, gb=None),
+            "torsions": replace(ff, torsions=none, torsion_n=ff.torsion_n[:0],
+                                torsion_phase=ff.torsion_phase[:0], torsion_k=ff.torsion_k[:0])}
+
+
+def kernel_table(costs: dict[tuple[str, str], float]) -> str:
+    lines = ["| kernel | float32 us/config | float64 us/config |", "|---|---|---|"]
+    for label in dict.fromkeys(k for k, _ in costs):
+        lines.append(f"| {label} | {costs[label, 'float32']:.2f} | "
+                     f"{costs[label, 'float64']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--target", default="aldp", choices=["aldp", "aldp-fab"])
+    parser.add_argument("--baseline", default=None, help="git revision of a kernel to compare")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    kernels = {}
+    if args.baseline:  # built before the clock starts
+        kernels = {f"kernel at {args.baseline}": baseline_kernel(args.baseline),
+                   "this tree's kernel": fused.kernel()}
     before = load()
     results = rows(args.target, args.threads, args.repeats)
+    costs = kernel_costs(args.target, kernels, args.repeats) if kernels else {}
     print(f"command: python {' '.join(sys.argv)}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; target {args.target}; "
           f"{os.cpu_count()} CPUs, torch {torch.__version__} with {args.threads} threads; "
           f"load average before / after: {before} / {load()}")
     print(table(results, args.threads))
+    if costs:
+        print("\nkernel only, 1 thread, CPU time per configuration:")
+        print(kernel_table(costs))
 
 
 def load() -> str:

@@ -122,6 +122,29 @@ def test_fused_kernel_equals_autograd_of_the_tensor_ops(name, dtype):
     assert none is None and torch.equal(e_only, e)
 
 
+@pytest.mark.parametrize("periodicities", [(0, 5, 6), (7, 9, 1)])
+def test_fused_kernel_handles_every_torsion_periodicity(periodicities):
+    """The kernel groups the terms of one dihedral into a Fourier series, unrolled for
+    periodicities up to 6 and by a run-time loop above; n = 0 is a constant. Both equal the
+    autograd of the tensor ops on a force field with such terms (aldp itself has n <= 3)."""
+    module = fused.kernel()
+    if module is None:
+        pytest.skip(f"no fused kernel: {fused.build_error()}")
+    t = target("aldp")
+    n = t._forcefield.torsion_n.clone()
+    n[: len(periodicities)] = torch.tensor(periodicities, dtype=F64)
+    ff = replace(t._forcefield, torsion_n=n)
+    g = torch.Generator().manual_seed(4)
+    atoms = (t.positions + 0.03 * torch.randn(40, 66, generator=g, dtype=F64)).view(-1, 22, 3)
+    e, grad = fused.energy_and_grad(module, atoms, ff, need_grad=True)
+    xg = atoms.clone().requires_grad_(True)
+    e_ag = energy(xg, ff)
+    (grad_ag,) = torch.autograd.grad(e_ag.sum(), xg)
+    assert (e_ag - energy(atoms, t._forcefield)).abs().min() > 1e-3  # the change matters
+    torch.testing.assert_close(e, e_ag.detach(), rtol=1e-10, atol=1e-10 * e_ag.abs().max().item())
+    torch.testing.assert_close(grad, grad_ag, rtol=1e-10, atol=1e-10 * grad_ag.abs().max().item())
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_a_wrong_force_field_term_is_detected(name):
     """The comparison is sharp: without the surface-area term, or with OBC2's Born-radius

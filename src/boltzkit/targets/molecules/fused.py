@@ -1,12 +1,13 @@
 """The optional compiled CPU kernel of the torch backend (`forcefield_fused.cpp`).
 
 `energy_and_grad(x, ff)` computes E and dE/dx of `energy.energy` with hand-derived gradients,
-16 configurations at a time laid out [coordinate][configuration] so that every loop over
+32 configurations at a time laid out [coordinate][configuration] so that every loop over
 force-field terms vectorises across configurations, blocks spread over torch's threads: the
-backend's fast path for CPU tensors that need no autograd graph (about 1.7 us per configuration
-and thread in float32, 2.9 us in float64; BENCHMARKS.md, "Alanine dipeptide energy
-throughput"). Computed in x's dtype; built with -ffast-math (sums reassociated, rounding at the
-level of the dtype's epsilon), compared with the autograd of `energy.py` in the tests.
+backend's fast path for CPU tensors that need no autograd graph (about 1.5-1.7 us of CPU time
+per configuration in float32, 3.0-3.3 us in float64, on a loaded AVX-512 machine;
+BENCHMARKS.md, "Alanine dipeptide energy throughput", `--baseline` for a before/after).
+Computed in x's dtype; built with -ffast-math (sums reassociated, rounding at the level of the
+dtype's epsilon), compared with the autograd of `energy.py` in the tests.
 
 Built on first use with the system C++ compiler (about a minute, cached by torch in
 `~/.cache/torch_extensions` or `$TORCH_EXTENSIONS_DIR`).
@@ -50,27 +51,36 @@ def _build() -> tuple[ModuleType | None, str | None]:
     if os.environ.get("BOLTZKIT_NO_FUSED", "") not in ("", "0"):
         return None, "disabled by BOLTZKIT_NO_FUSED"
     try:
-        from torch.utils import cpp_extension
-
-        _ninja_on_path()
         capability = torch.backends.cpu.get_cpu_capability().lower()
-        name = f"boltzkit_forcefield_{capability}"  # one build per instruction set
-        # fast-math: the pair loops vectorise with libmvec's log/exp (forcefield_fused.cpp)
-        flags = ["-O3", "-ffast-math", "-fopenmp"] + _ISA_FLAGS.get(capability, [])
-        build = Path(cpp_extension._get_build_directory(name, False))
-        if not (build / f"{name}.so").exists():
-            print(f"boltzkit: building the fused force-field kernel in {build} (first use "
-                  "only, about a minute)", file=sys.stderr, flush=True)
-        # -fopenmp: at::parallel_for is OpenMP in torch's CPU builds (serial without it)
-        module = cpp_extension.load(name, [str(_SOURCE)], extra_cflags=flags,
-                                    extra_ldflags=["-fopenmp"], verbose=False)
-        return module, None
+        # one build per instruction set
+        return compile_kernel(f"boltzkit_forcefield_{capability}", _SOURCE), None
     except Exception as exc:  # no compiler, no ninja, failed build: fall back, say why
         lines = str(exc).strip().splitlines() or [""]
         error = f"{type(exc).__name__}: {lines[-1].strip()[:300]}"
         warnings.warn(f"boltzkit: fused force-field kernel unavailable ({error}); using "
                       "tensor ops with autograd", RuntimeWarning, stacklevel=3)
         return None, error
+
+
+def compile_kernel(name: str, source: Path) -> ModuleType:
+    """Builds (or loads from torch's cache) the extension `name` from the C++ file `source`
+    with this module's flags: -O3 -ffast-math -fopenmp and the instruction set torch detected
+    on this CPU (AVX2 or AVX-512; none beyond SSE2 otherwise), so that a cached build never
+    runs on a CPU without those instructions. Also used by benchmarks/aldp_energy.py to build
+    an older kernel from git for a before/after comparison."""
+    from torch.utils import cpp_extension
+
+    _ninja_on_path()
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    # fast-math: the pair loops vectorise with libmvec's log/exp (forcefield_fused.cpp)
+    flags = ["-O3", "-ffast-math", "-fopenmp"] + _ISA_FLAGS.get(capability, [])
+    build = Path(cpp_extension._get_build_directory(name, False))
+    if not (build / f"{name}.so").exists():
+        print(f"boltzkit: building the fused force-field kernel in {build} (first use "
+              "only, about a minute)", file=sys.stderr, flush=True)
+    # -fopenmp: at::parallel_for is OpenMP in torch's CPU builds (serial without it)
+    return cpp_extension.load(name, [str(source)], extra_cflags=flags,
+                              extra_ldflags=["-fopenmp"], verbose=False)
 
 
 def _ninja_on_path() -> None:

@@ -11,8 +11,8 @@ Two backends compute the same E (equal to 1e-6 relative in float64; tests/target
   device- and dtype-following, forces by autograd in chunks that fit in cache; on CPU, when no
   autograd graph is asked for, the compiled kernel `fused.py` (same energy, hand-derived
   forces, threads over configurations) unless `target.fused = False` or it cannot be built.
-- "openmm": a pool of OpenMM CPU contexts (`openmm_pool.ContextPool`), float64, forces from
-  OpenMM; differentiable once through its forces.
+- "openmm": a pool of OpenMM contexts (`openmm_pool.ContextPool`; CUDA platform where present,
+  else CPU, both mixed precision), forces from OpenMM; differentiable once through its forces.
 """
 
 from __future__ import annotations
