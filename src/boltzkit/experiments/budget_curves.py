@@ -5,7 +5,8 @@ included (every run is a `boltzkit sample` run under that budget).
 Methods: "pt", "mala" (MCMC baselines with the target's preset), "idem" (the reverse SDE of
 the trained network), "idem-ode" (iDEM made exact: probability-flow samples with importance
 weights, `--set correction=ode`), "idem-smc" (the energy-parametrised iDEM corrected by SMC
-along its own noised levels, `--set correction=smc --set parametrisation=energy`), "flow" (a flow Boltzmann generator, reverse KL, reweighted).
+along its own noised levels, `--set correction=smc --set parametrisation=energy`), "flow" (a
+flow Boltzmann generator, reverse KL, reweighted).
 The verdict names, per target and metric, the smallest budget at which a neural method beats PT
 by more than twice the noise floor's spread, or says that none does in the range measured.
 Flow-assisted PT (`boltzkit.mc.independence`) has no sampler entry yet, so it is not a method.

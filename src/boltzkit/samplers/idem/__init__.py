@@ -72,6 +72,9 @@ class Config:
     autograd) runs the EGNN's edge work through the compiled kernel of `boltzkit.models.fused`,
     the same function up to rounding and about 2x faster on LJ-13 (BENCHMARKS.md); it is built
     once on first use, and library calls are used where no C++ compiler is available.
+    `correction`: "ode" or "smc" return weighted samples (`exact.py`, `smc.py`; `smc_*` set the
+    SMC's kernel, levels, resampling and MALA moves); `parametrisation = "energy"` learns
+    E_theta(x, t) instead of the score, which SMC with resampling needs.
     """
 
     network: Literal["auto", "mlp", "egnn"] = "auto"
