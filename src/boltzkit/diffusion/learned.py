@@ -35,11 +35,12 @@ import torch
 from torch import Tensor
 
 from boltzkit.core.callback import Callback
+from boltzkit.diffusion.network_model import AutogradModel
 from boltzkit.diffusion.schedules import Schedule
 from boltzkit.mc import estimators
 from boltzkit.mc.paths import Gaussian
 from boltzkit.models.energy_net import EnergyNet, ScoreNet
-from boltzkit.targets.base import EvalCounter, Target
+from boltzkit.targets.base import Target
 
 
 class LearnedMarginal(Target):
@@ -55,24 +56,18 @@ class LearnedMarginal(Target):
         return -self.model.net(x, alpha, sigma)
 
 
-class LearnedModel:
+class LearnedModel(AutogradModel):
     """A trained `EnergyNet` or `ScoreNet` with the diffusion-model interface of
-    `PerfectModel` (no exact kernel). Jacobians are by autograd: d backward passes per point,
-    counted in `n_jvp`; the posterior covariance (sigma^2 / alpha) dD/dx is symmetrised and its
-    eigenvalues floored at `cov_floor` (sigma/alpha)^2 so that second-order kernels stay proper.
-    """
+    `PerfectModel` (no exact kernel); Jacobians and the posterior covariance by autograd
+    (`boltzkit.diffusion.network_model.AutogradModel`)."""
 
     def __init__(self, net: EnergyNet | ScoreNet, schedule: Schedule, data_var: float,
                  cov_floor: float = 1e-6) -> None:
+        super().__init__()
         self.net, self.schedule, self.dim = net.requires_grad_(False), schedule, net.dim
         self.has_log_prob = isinstance(net, EnergyNet)
         self.data_var, self.cov_floor = float(data_var), cov_floor
-        self.counter = EvalCounter()
-        self.n_jvp = 0
         self._marginals: dict[float, LearnedMarginal] = {}
-
-    def coefficients(self, t: float) -> tuple[float, float]:
-        return float(self.schedule.alpha(t)), float(self.schedule.sigma(t))
 
     def reference(self) -> Target:
         """N(0, (alpha^2 s_data^2 + sigma^2) I) at t_max: exact samples, log Z = 0."""
@@ -94,39 +89,6 @@ class LearnedModel:
         alpha, sigma = self.coefficients(t)
         out = self.net.score(x, alpha, sigma, create_graph)
         return out if create_graph else out.detach()
-
-    def denoiser(self, x: Tensor, t: float) -> Tensor:
-        """Tweedie: (x + sigma^2 s_theta(x)) / alpha."""
-        alpha, sigma = self.coefficients(t)
-        return (x + sigma**2 * self.score(x, t)) / alpha
-
-    def hessian(self, x: Tensor, t: float) -> Tensor:
-        """The Jacobian of s_theta, `[..., d, d]` (a Hessian for the energy form)."""
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            s = self.score(x, t, create_graph=True)
-            rows = [torch.autograd.grad(s[..., i].sum(), x, retain_graph=i < self.dim - 1)[0]
-                    for i in range(self.dim)]
-        self.n_jvp += x.numel()
-        return torch.stack(rows, dim=-2).detach()
-
-    def denoiser_jacobian(self, x: Tensor, t: float) -> Tensor:
-        alpha, sigma = self.coefficients(t)
-        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
-        return (eye + sigma**2 * self.hessian(x, t)) / alpha
-
-    def posterior_covariance(self, x: Tensor, t: float, diagonal: bool = False) -> Tensor:
-        alpha, sigma = self.coefficients(t)
-        jac = (sigma**2 / alpha) * self.denoiser_jacobian(x, t)
-        lam, vec = torch.linalg.eigh(0.5 * (jac + jac.mT))
-        lam = lam.clamp(min=self.cov_floor * (sigma / alpha) ** 2)
-        cov = (vec * lam[..., None, :]) @ vec.mT
-        return torch.diagonal(cov, dim1=-2, dim2=-1) if diagonal else cov
-
-    def _count(self, x: Tensor) -> None:
-        n = x.numel() // x.shape[-1]
-        self.counter.n_energy += n
-        self.counter.n_grad += n
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ included (every run is a `boltzkit sample` run under that budget).
 
 Methods: "pt", "mala" (MCMC baselines with the target's preset), "idem" (the reverse SDE of
 the trained network), "idem-ode" (iDEM made exact: probability-flow samples with importance
-weights, `--set correction=ode`), "flow" (a flow Boltzmann generator, reverse KL, reweighted).
+weights, `--set correction=ode`), "idem-smc" (the energy-parametrised iDEM corrected by SMC
+along its own noised levels, `--set correction=smc --set parametrisation=energy`), "flow" (a
+flow Boltzmann generator, reverse KL, reweighted).
 The verdict names, per target and metric, the smallest budget at which a neural method beats PT
 by more than twice the noise floor's spread, or says that none does in the range measured.
 Flow-assisted PT (`boltzkit.mc.independence`) has no sampler entry yet, so it is not a method.
@@ -30,11 +32,12 @@ from boltzkit.core import config as configs
 from boltzkit.core.callback import Callback
 from boltzkit.core.errors import UnknownName
 
-NEURAL = ("idem", "idem-ode", "flow")
+NEURAL = ("idem", "idem-ode", "idem-smc", "flow")
 # method -> (sampler, extra `--set` assignments, preset given a target); None: the default
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "pt": ("pt", ()), "mala": ("mala", ()), "idem": ("idem", ()),
     "idem-ode": ("idem", ("correction=ode",)), "flow": ("flow", ("objective=reverse",)),
+    "idem-smc": ("idem", ("correction=smc", "parametrisation=energy")),
 }
 HEADLINE: dict[str, tuple[str, ...]] = {
     "gmm40": ("energy_w2", "mode_weight_error_max_pp"), "dw4": ("energy_w2", "distance_w2"),

@@ -182,6 +182,18 @@ class EquivariantLayer(nn.Module):
         return base + r2 * self.edge_dist
 
 
+def register_graph(module: nn.Module, n_particles: int) -> None:
+    """The fully connected graph's index buffers on `module`: `row`, `col` (the source and
+    neighbour of each of the n (n-1) edges, by source) and `pair_first`, `pair_second` (i < j)."""
+    idx = torch.arange(n_particles)
+    col = idx.repeat(n_particles, 1)[~torch.eye(n_particles, dtype=torch.bool)]
+    module.register_buffer("col", col, persistent=False)
+    first, second = torch.triu_indices(n_particles, n_particles, 1)
+    module.register_buffer("pair_first", first, persistent=False)
+    module.register_buffer("pair_second", second, persistent=False)
+    module.register_buffer("row", idx.repeat_interleave(n_particles - 1), persistent=False)
+
+
 class EGNN(nn.Module):
     """Time-conditioned EGNN score network: s(x, t) = (x_L - x_0) projected to zero COM.
 
@@ -224,13 +236,7 @@ class EGNN(nn.Module):
         self.chunk_edges = chunk_edges
         self.symmetric_first_layer = symmetric_first_layer
         self.fused, self.fused_tile_edges = fused, fused_tile_edges
-        idx = torch.arange(n_particles)
-        col = idx.repeat(n_particles, 1)[~torch.eye(n_particles, dtype=torch.bool)]
-        self.register_buffer("col", col, persistent=False)
-        first, second = torch.triu_indices(n_particles, n_particles, 1)
-        self.register_buffer("pair_first", first, persistent=False)
-        self.register_buffer("pair_second", second, persistent=False)
-        self.register_buffer("row", idx.repeat_interleave(n_particles - 1), persistent=False)
+        register_graph(self, n_particles)
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """x `[B, n d]`, t `[B]` or a scalar -> `[B, n d]` (COM-free)."""

@@ -25,9 +25,12 @@ lambda rather than t.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from boltzkit.models.egnn import EquivariantLayer, register_graph
 
 
 def sinusoidal_embedding(value: Tensor, dim: int, max_period: float = 100.0) -> Tensor:
@@ -125,3 +128,103 @@ class ScoreNet(_Conditioned):
 def _per_point(value: Tensor | float, x: Tensor) -> Tensor:
     """A noise coefficient shaped `[..., 1]` against x `[..., d]`."""
     return torch.as_tensor(value, dtype=x.dtype, device=x.device).expand(x.shape[:-1])[..., None]
+
+
+# ---- iDEM's energy parametrisation: E_theta(x, t) on a VE schedule ---------------------------
+class TimeEnergy(nn.Module):
+    """A noised energy E_theta(x, t) whose call returns the score s = -grad_x E, so that it
+    stands in for iDEM's score network (training, reverse SDE, probability-flow ODE) while
+    `energy` gives the unnormalised log-density log p_t = -E at every level (for SMC).
+
+        E_theta(x, t) = |P x|^2 / (2 (data_var + sigma_t^2)) + head(x, t),
+
+    P the COM-free projector for particles (identity otherwise): the network starts as the
+    Gaussian p_t of isotropic data of variance `data_var`, like `EnergyNet`; `head` sees the
+    preconditioned c_in x, c_in = (data_var + sigma_t^2)^(-1/2) (so its share of the score
+    shrinks at high noise, where p_t is nearly that Gaussian): an MLP on [c_in x, emb(t)]
+    ("mlp") or the sum over particles of an MLP of message-passing node features ("egnn";
+    translation, rotation and permutation invariant). The score is by autograd, with a graph
+    (create_graph) whenever autograd is on, so that the DEM loss on the score trains the energy
+    (iDEM's regression target, arXiv 2402.06121 eq. 9; energy parametrisation as in Noised
+    Energy Matching, arXiv 2409.09787).
+
+    Args:
+        dim: coordinates d.
+        sigma: t -> sigma_t (the schedule's `sigma`).
+        kind: "mlp" or "egnn".
+        hidden, n_layers: width and depth.
+        particles: (n_particles, spatial_dim) for "egnn" and COM-free projection, or None.
+        data_var: per-coordinate variance of the base Gaussian.
+    """
+
+    def __init__(self, dim: int, sigma: Any, kind: str = "mlp", hidden: int = 128,
+                 n_layers: int = 3, particles: tuple[int, int] | None = None,
+                 data_var: float = 1.0, time_dim: int = 32) -> None:
+        super().__init__()
+        self.dim, self.sigma, self.kind, self.data_var = dim, sigma, kind, float(data_var)
+        self.particles = particles
+        self.time_dim = time_dim
+        if kind == "mlp":
+            self.head: nn.Module = _mlp(dim + time_dim, hidden, n_layers, 1)
+        elif kind == "egnn":
+            if particles is None:
+                raise ValueError("an EGNN energy needs a particle layout")
+            self.head = _InvariantEGNN(*particles, hidden, n_layers, time_dim)
+        else:
+            raise ValueError(f"kind must be 'mlp' or 'egnn', got {kind!r}")
+
+    def _center(self, x: Tensor) -> Tensor:
+        if self.particles is None:
+            return x
+        n, d = self.particles
+        v = x.reshape(*x.shape[:-1], n, d)
+        return (v - v.mean(-2, keepdim=True)).reshape(x.shape)
+
+    def energy(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """E_theta(x, t) `[...]` for x `[..., d]`, t a scalar or `[...]`."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[:-1])
+        sigma = torch.as_tensor(self.sigma(t), dtype=x.dtype, device=x.device)
+        c = torch.rsqrt(self.data_var + sigma**2)[..., None]
+        xc = self._center(x)
+        emb = sinusoidal_embedding(t * 100.0, self.time_dim, max_period=1000.0)
+        if self.kind == "mlp":
+            head = self.head(torch.cat([c * xc, emb], dim=-1))[..., 0]
+        else:
+            head = self.head(c * xc, emb)
+        return 0.5 * ((c * xc) ** 2).sum(-1) + head
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The score -grad_x E_theta(x, t) `[..., d]`."""
+        create = torch.is_grad_enabled()  # training: the loss on the score reaches the weights
+        with torch.enable_grad():
+            if not (create and x.requires_grad):
+                x = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.energy(x, t).sum(), x, create_graph=create)
+        return -grad
+
+
+class _InvariantEGNN(nn.Module):
+    """sum_i MLP(h_i^L): the node features of L message-passing layers (`EquivariantLayer`'s
+    messages on the fixed input distances, every layer updating h), started from an embedding
+    of t shared by all particles: invariant to rotations, translations and permutations."""
+
+    def __init__(self, n_particles: int, spatial_dim: int, hidden: int, n_layers: int,
+                 time_dim: int) -> None:
+        super().__init__()
+        self.n_particles, self.spatial_dim = n_particles, spatial_dim
+        self.embed = nn.Linear(time_dim, hidden)
+        self.layers = nn.ModuleList(EquivariantLayer(hidden) for _ in range(n_layers))
+        self.readout = _mlp(hidden, hidden, 1, 1)
+        register_graph(self, n_particles)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """x `[B, n d]`, emb `[B, time_dim]` -> `[B]`."""
+        b = x.shape[0]
+        xl = x.reshape(b, self.n_particles, self.spatial_dim)
+        h = self.embed(emb).unsqueeze(1)  # [B, 1, H]: every particle alike
+        pairs = (self.pair_first, self.pair_second)
+        for layer in self.layers:
+            # positions stay fixed: h depends on the distances only (the coordinate updates
+            # fed back into later layers made the energy's gradient diverge in training)
+            _, h = layer(xl, h, self.col, pairs)
+        return self.readout(h)[..., 0].sum(-1)

@@ -34,6 +34,7 @@ from boltzkit.diffusion.sde import reverse_sde
 from boltzkit.mc.noise import Particles, gaussian_noise
 from boltzkit.models.egnn import EGNN
 from boltzkit.samplers import Callback, SampleResult, distributed, null_callback
+from boltzkit.samplers.idem import smc as idem_smc
 from boltzkit.samplers.idem.core import (
     FifoBuffer,
     buffer_init,
@@ -45,6 +46,7 @@ from boltzkit.samplers.idem.core import (
     mc_score,
 )
 from boltzkit.samplers.idem.exact import weighted_samples
+from boltzkit.samplers.idem.networks import build_network
 from boltzkit.samplers.idem.run import CHECKPOINT, CountingEvaluator, OutOfBudget
 from boltzkit.samplers.run import Run, require
 from boltzkit.targets.base import Target
@@ -74,6 +76,9 @@ class Config:
     the B x K estimator), shared out over the data-parallel ranks when torch.distributed is
     initialised (`boltzkit.samplers.distributed`): the trajectory does not depend on the number
     of ranks; generation runs whole on every rank, in lock-step.
+    `correction`: "ode" or "smc" return weighted samples (`exact.py`, `smc.py`; `smc_*` set the
+    SMC's kernel, levels, resampling and MALA moves); `parametrisation = "energy"` learns
+    E_theta(x, t) instead of the score, which SMC with resampling needs.
     """
 
     network: Literal["auto", "mlp", "egnn"] = "auto"
@@ -107,19 +112,32 @@ class Config:
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"  # where the network and samples live; the target must be there
     # "ode": return samples of the probability-flow ODE with importance weights (exact log q;
-    # `boltzkit.samplers.idem.exact`), costing n_samples energy evaluations; "none": the SDE's
-    correction: Literal["none", "ode"] = "none"
+    # `boltzkit.samplers.idem.exact`), costing n_samples energy evaluations; "smc": SMC along
+    # the network's noised levels (`boltzkit.samplers.idem.smc`, needs parametrisation
+    # "energy" unless it is AIS); "none": the SDE's
+    correction: Literal["none", "ode", "smc"] = "none"
     ode_tolerance: float = 1e-5
     n_shards: int = 1
+    # "energy": the network outputs E_theta(x, t), score = -grad E (`models.energy_net.TimeEnergy`)
+    parametrisation: Literal["score", "energy"] = "score"
+    energy_data_var: float = 1.0  # the energy network's base Gaussian, N(0, v + sigma_t^2)
+    smc_kernel: str = "first-order-forward"  # a `boltzkit.diffusion.kernels` name
+    smc_steps: int = 100  # transitions: levels uniform in t from 1 to smc_t_min, then the target
+    smc_t_min: float = 1e-3
+    smc_ess_threshold: float = 0.5  # resample below this ESS/N; 0: AIS
+    smc_mcmc_steps: int = 0  # MALA steps per level (for the last level: on the target)
+    smc_step_size: float = 0.01
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=(
             "hidden", "n_layers", "sigma_min", "sigma_max", "n_mc", "clip_score", "buffer_size",
             "n_outer", "n_inner", "batch_size", "n_generate", "n_sde_steps", "lr", "grad_clip",
-            "n_init", "scale", "max_elements", "ode_tolerance", "n_shards"),
+            "n_init", "scale", "max_elements", "ode_tolerance", "n_shards", "energy_data_var",
+            "smc_steps", "smc_t_min", "smc_step_size"),
             nonnegative=("loss_weight_eps", "noise_scale", "checkpoint_every",
-                         "train_chunk_edges"),
-            fractions=("ema_decay",))
+                         "train_chunk_edges", "smc_mcmc_steps"),
+            fractions=("ema_decay", "smc_ess_threshold"))
+        idem_smc.check_config(self)
         if self.sigma_min >= self.sigma_max:
             raise UsageError(f"iDEM needs sigma_min < sigma_max, got {self.sigma_min}, "
                              f"{self.sigma_max}")
@@ -138,21 +156,6 @@ def preset(name: str) -> Config:
     """Named settings: "gmm40", "dw4", "lj13", "lj55" (the iDEM code's values, REFERENCE.md) and
     "<name>-quick" (runs in minutes on 2 CPU cores; a smoke test, not a result)."""
     return presets.apply(Config(), presets.load(PRESET_FILE), name, kind="iDEM preset")
-
-
-def build_network(config: Config, target: Target) -> nn.Module:
-    """The score network: EGNN for particle systems, time-conditioned MLP otherwise."""
-    from boltzkit.models.mlp import TimeMLP
-
-    kind = config.network
-    if kind == "auto":
-        kind = "egnn" if target.is_particle_system else "mlp"
-    if kind == "egnn":
-        if not target.is_particle_system:
-            raise UsageError(f"network='egnn' needs a particle system; {target.name} is not one")
-        return EGNN(target.n_particles, target.spatial_dim, config.hidden, config.n_layers,
-                    fused=config.fused_egnn)
-    return TimeMLP(target.dim, config.hidden, config.n_layers)
 
 
 def sample(target: Target, config: Config, *, n_samples: int, budget: int | None = None,
@@ -179,10 +182,10 @@ def sample(target: Target, config: Config, *, n_samples: int, budget: int | None
     inner = config.batch_size * config.n_mc
     require(budget, inner, f"one inner training step of iDEM (batch_size {config.batch_size} x "
             f"n_mc {config.n_mc}); an outer iteration costs {inner * config.n_inner:,}")
-    reserve = n_samples if config.correction == "ode" else 0
-    if config.correction == "ode":
-        require(budget, inner + reserve, f"one inner training step of iDEM and the weights of "
-                f"the {n_samples} returned samples")
+    reserve = idem_smc.correction_cost(config, n_samples)
+    if reserve:
+        require(budget, inner + reserve, f"one inner training step of iDEM and the "
+                f"{config.correction} correction (weights) of the {n_samples} returned samples")
     training = _Training(target, config, budget, run_dir, callback=callback, reserve=reserve)
     run = training.run
     if resume:
@@ -203,11 +206,14 @@ def sample(target: Target, config: Config, *, n_samples: int, budget: int | None
                 f"{step * config.n_inner:,})")
     training.save()
     diagnostics = training.diagnostics()
-    if config.correction == "ode":
+    if config.correction != "none":
         net = training.ema if training.ema is not None else training.net
-        weighted = weighted_samples(net, target, training.schedule, training.particles,
-                                    n_samples, scale=config.scale, like=training.like,
-                                    batch=config.n_generate, tolerance=config.ode_tolerance)
+        weighted = (weighted_samples(net, target, training.schedule, training.particles,
+                                     n_samples, scale=config.scale, like=training.like,
+                                     batch=config.n_generate, tolerance=config.ode_tolerance)
+                    if config.correction == "ode" else idem_smc.weighted_samples(
+                        net, target, training.schedule, training.particles, n_samples, config,
+                        training.device))
         run.end()
         return SampleResult(weighted.samples, weighted.log_w, weighted.log_Z,
                             {**diagnostics, **weighted.diagnostics}, run.spent)
