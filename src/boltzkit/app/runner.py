@@ -42,16 +42,12 @@ from boltzkit.targets.molecules.constrained import constrained_space
 __all__ = ["EnvironmentProblem", "UsageError"]  # what the CLI catches, re-exported
 
 
-
-
 class RunOutcome(NamedTuple):
     run_dir: Path
     result: SampleResult
     metrics: dict[str, Any]
     reference: Reference
     wall_s: float
-
-
 
 
 def build_target(name: str, params: Sequence[str] | Mapping[str, Any] = ()) -> Target:
@@ -124,8 +120,6 @@ def config_from_dict(module: ModuleType, values: Mapping[str, Any], sampler: str
     """Rebuilds a recorded config (config.json) onto module.Config()."""
     base = _call_with_sampler(module.Config, sampler)
     return _replace_nested(base, values)
-
-
 
 
 # ---- devices ------------------------------------------------------------------------------
@@ -277,24 +271,6 @@ def check_sizes(budget: int, n_samples: int) -> None:
         raise UsageError(f"--n-samples must be positive, got {n_samples}")
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def _call_with_sampler(make: Callable[..., Any], sampler: str | None, *args: Any) -> Any:
     try:
         accepts = "sampler" in inspect.signature(make).parameters
@@ -315,8 +291,6 @@ def _replace_nested(base: Any, values: Mapping[str, Any]) -> Any:
             value = tuple(value)
         changes[f.name] = value
     return dataclasses.replace(base, **changes)
-
-
 
 
 def summary_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
