@@ -108,6 +108,11 @@ def test_outside_the_domain_is_minus_inf_and_every_evaluation_is_counted(space):
     assert torch.isfinite(score).all()
     assert fresh.counter.n_energy == 8 and fresh.counter.n_grad == 4
     assert fresh.counter.n_nonfinite == 2
+    # a diverged configuration (inf or NaN coordinates) is -inf and counted, never an exception
+    y[1, 0], y[2, 5] = float("inf"), float("nan")
+    lp = fresh.log_prob(y)
+    assert lp[0] == lp[1] == lp[2] == -math.inf and torch.isfinite(lp[3])
+    assert fresh.counter.n_nonfinite == 5
 
 
 def test_cli_samples_aldp_in_internal_coordinates_and_writes_cartesian_frames(

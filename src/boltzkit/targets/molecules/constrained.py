@@ -125,7 +125,12 @@ class ConstrainedInternalTarget(Target):
         u = atoms[..., ij[:, 0], :] - atoms[..., ij[:, 1], :]
         u = u / u.norm(dim=-1, keepdim=True)
         gram = self._gram.to(x) * (u @ u.transpose(-1, -2))
-        return torch.linalg.cholesky(gram).diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        # cholesky_ex: a non-finite configuration (a diverged flow sample) gives NaN here, and
+        # -inf from log_prob, instead of an exception for the whole batch
+        factor, info = torch.linalg.cholesky_ex(torch.nan_to_num(gram))
+        half_log_det = factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        bad = (info != 0) | ~torch.isfinite(gram).all(-1).all(-1)
+        return torch.where(bad, torch.full_like(half_log_det, float("nan")), half_log_det)
 
     # ---- density -------------------------------------------------------------------------
     def _log_jacobian(self, y: Tensor, x: Tensor, log_det: Tensor) -> Tensor:
