@@ -35,3 +35,18 @@ def test_an_unknown_method_or_temperature_is_refused_with_the_valid_ones():
         trade_aldp.settings_from(["methods=nope"])
     with pytest.raises(UsageError, match="450"):
         trade_aldp.settings_from(["temperatures=310"])
+
+
+def test_energies_are_in_kt_of_the_evaluated_temperature():
+    """The energy W2 and its floor share one unit: E / kT at the temperature evaluated."""
+    import torch
+
+    from boltzkit.targets.family import Family
+    from boltzkit.targets.molecules import aldp
+    from boltzkit.targets.molecules.constrained import ConstrainedInternalTarget
+
+    space = ConstrainedInternalTarget(aldp(temperature=trade_aldp.T0))
+    at_300 = Family(space, "temperature").at(300.0 / trade_aldp.T0)
+    x = aldp().positions[None]
+    reduced = -at_300.target.tempered(300.0 / trade_aldp.T0).uncounted().log_prob(x)
+    torch.testing.assert_close(reduced, aldp(temperature=300.0).energy(x))

@@ -146,7 +146,9 @@ def evaluate(flow: ConditionalFlow, space: ConstrainedInternalTarget, family: Fa
     y, log_w, n_bad = flow_objectives.reweight(flow, at_c, n, c)
     weights = flow_objectives.summarise_weights(log_w)
     x = space.to_cartesian(y)[0]
-    molecule = at_c.target.uncounted()  # aldp at T0, tempered to T: E / kT per configuration
+    # the Cartesian molecule at T (at_c.target is aldp at T0): -log_prob = E / kT at T, the
+    # unit of the floors
+    molecule = at_c.target.tempered(c).uncounted()
     ref_t = molecular.torsions(reference)
     ref_pop = molecular.phi_positive_population(ref_t, n_blocks=10)
     pop = molecular.phi_positive_population(molecular.torsions(x), log_w)
