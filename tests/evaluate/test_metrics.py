@@ -210,6 +210,19 @@ def test_mode_metrics_of_a_collapsed_sampler():
     assert M.mode_coverage(x, t) == pytest.approx(1.0 / 3)
 
 
+@pytest.mark.parametrize("n_drawn", [100, 50])
+def test_mode_weight_floor_is_the_multinomial_error(n_drawn: int):
+    # two equal modes: max_k 100 |w_hat_k - 1/2| = (100 / n) |B - n/2|, B ~ Binomial(n, 1/2),
+    # and E|B - n/2| = (n/2) C(n, n/2) / 2^n for even n; the floor of 50 samples must miss n = 100
+    n, repeats = 100, 400
+    max_floor, mean_floor = M.mode_weight_error_floor(torch.tensor([1.0, 1.0]), n_drawn,
+                                                      repeats, gen(3))
+    expected = 100 / n * (n / 2) * math.comb(n, n // 2) / 2**n
+    ok = abs(max_floor.mean - expected) < Z5 * max_floor.std / math.sqrt(repeats)
+    assert ok == (n_drawn == n), (max_floor, expected)
+    assert mean_floor.mean == pytest.approx(max_floor.mean)  # both modes err alike
+
+
 def test_noise_floor_uses_disjoint_subsets_of_the_stated_sizes():
     ref = torch.arange(100.0).unsqueeze(1)
     overlap = lambda a, b: float(len(set(a[:, 0].tolist()) & set(b[:, 0].tolist())))  # noqa: E731

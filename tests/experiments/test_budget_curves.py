@@ -47,3 +47,20 @@ def test_idem_smc_is_a_neural_method_run_as_energy_idem_with_the_smc_correction(
     rows = [{"target": "t", "method": "pt", "budget": 10, "m": 1.0, "m_floor_std": 0.1},
             {"target": "t", "method": "idem-smc", "budget": 10, "m": 0.5}]
     assert bc.verdict(rows, "t", "m") == "idem-smc beats PT on m from 10 energy evaluations"
+
+
+def test_seeds_are_averaged_and_the_verdict_uses_their_standard_errors() -> None:
+    rows = [{"target": "t", "method": "pt", "budget": 10, "seed": s, "m": v, "m_floor_std": 0.0}
+            for s, v in enumerate([1.0, 1.2, 0.8])]
+    rows += [{"target": "t", "method": "flow-pt", "budget": 10, "seed": s, "m": v}
+             for s, v in enumerate([0.7, 0.5, 0.6])]
+    rows += [{"target": "t", "method": "flow", "budget": 10, "seed": 0, "failed": "too small"}]
+    summary = {r["method"]: r for r in bc.aggregate(rows)}
+    assert summary["pt"]["m"] == pytest.approx(1.0) and summary["pt"]["n_seeds"] == 3
+    assert summary["pt"]["m_se"] == pytest.approx(0.2 / 3**0.5)
+    assert summary["flow"] == {"target": "t", "method": "flow", "budget": 10, "n_seeds": 0,
+                               "failed": "too small"}
+    # 1.0 - 0.6 = 0.4 > 2 sqrt(0.115^2 + 0.058^2) = 0.26: beaten; PT seeds spread 3x: not
+    assert "flow-pt beats PT" in bc.verdict(list(summary.values()), "t", "m")
+    wide = [r | {"m": 1.0 + 3 * (r["m"] - 1.0)} if r["method"] == "pt" else r for r in rows]
+    assert "no neural method" in bc.verdict(bc.aggregate(wide), "t", "m")

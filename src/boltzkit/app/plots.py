@@ -148,26 +148,37 @@ def traces(
     return _save(fig, path)
 
 
-Curve = tuple[Sequence[float], Sequence[float]]
+Curve = tuple[Sequence[float], ...]  # (x, y), or (x, y, error bar half-widths)
+Band = tuple[Sequence[float], Sequence[float], Sequence[float]]  # (x, lower, upper)
 
 
 def curve_grid(
     rows: Mapping[str, Mapping[str, Mapping[str, Curve]]], path: str | Path, *,
     xlabel: str = "", xscale: str = "linear", yscale: str = "linear", style: str = "o-",
+    bands: Mapping[str, Mapping[str, Mapping[str, Band]]] | None = None,
 ) -> Path:
-    """A grid of line plots: rows[ylabel][panel title][curve label] = (x, y).
+    """A grid of line plots: rows[ylabel][panel title][curve label] = (x, y) or (x, y, err),
+    the last drawn with error bars; bands[ylabel][panel title][label] = (x, lower, upper) are
+    shaded regions (e.g. a noise floor's mean +- 2 std).
 
     Every row shares its y label, every column its panel title (taken from the first row);
     e.g. error against dimension, one column per mixture, one row per metric.
     """
+    bands = bands or {}
     titles = list(dict.fromkeys(t for panels in rows.values() for t in panels))
     fig, axes = plt.subplots(len(rows), len(titles), figsize=(4 * len(titles), 3.2 * len(rows)),
                              squeeze=False)
     for i, (ylabel, panels) in enumerate(rows.items()):
         for j, title in enumerate(titles):
             ax = axes[i, j]
-            for label, (x, y) in panels.get(title, {}).items():
-                ax.plot(_np(x), _np(y), style, label=label)
+            for label, (x, lo, hi) in bands.get(ylabel, {}).get(title, {}).items():
+                ax.fill_between(_np(x), _np(lo), _np(hi), color="0.8", alpha=0.7, label=label)
+            for label, curve in panels.get(title, {}).items():
+                if len(curve) == 3:
+                    ax.errorbar(_np(curve[0]), _np(curve[1]), yerr=_np(curve[2]), fmt=style,
+                                capsize=2, label=label)
+                else:
+                    ax.plot(_np(curve[0]), _np(curve[1]), style, label=label)
             ax.set(xscale=xscale, yscale=yscale, xlabel=xlabel, ylabel=ylabel)
             if i == 0:
                 ax.set_title(title, fontsize=9)

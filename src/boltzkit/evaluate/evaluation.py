@@ -35,6 +35,8 @@ CONVENTIONS: dict[str, str] = {
     "mode_weight_error_max_pp": "max_k 100 |w_hat_k - w_k|, samples assigned to the most likely "
     "component (percentage points)",
     "mode_weight_error_mean_pp": "mean_k 100 |w_hat_k - w_k| (percentage points)",
+    "mode_weight_error_max_pp_floor": "the same error for as many exact samples (multinomial "
+    "draws from the true weights, 200 repeats; `_floor_std` their std)",
     "mode_coverage": "exp(H(w_hat)) / K, entropic",
     "n_modes_visited": "components with at least one sample assigned",
     "n_eval": "samples per side in the reference comparisons (random subsets)",
@@ -147,15 +149,22 @@ def _reference_metrics(
     return out
 
 
-def _mode_metrics(x: Tensor, target: Target) -> dict[str, float]:
+def _mode_metrics(x: Tensor, target: Target, n_repeats: int,
+                  generator: torch.Generator | None) -> dict[str, float]:
     err = M.mode_weight_error(x, target)
     w = M.mode_weights(x, target)
-    return {
+    out = {
         "mode_weight_error_max_pp": err.max_pp,
         "mode_weight_error_mean_pp": err.mean_pp,
         "mode_coverage": M.mode_coverage(x, target),
         "n_modes_visited": float((w > 0).sum()),
     }
+    if n_repeats > 0 and len(x) > 0:
+        floors = M.mode_weight_error_floor(target.weights, len(x), 200, generator)
+        for name, floor in zip(("max_pp", "mean_pp"), floors, strict=True):
+            out[f"mode_weight_error_{name}_floor"] = floor.mean
+            out[f"mode_weight_error_{name}_floor_std"] = floor.std
+    return out
 
 
 def evaluate(
@@ -209,7 +218,7 @@ def evaluate(
         out.update(_molecule_metrics(x, reference, w))
     x = _resampled(x, w)
     if M.is_mixture(t) and len(x):
-        out.update(_mode_metrics(x, t))
+        out.update(_mode_metrics(x, t, n_repeats, generator))
     if reference is None and t.has_exact_samples and len(x) >= 2:
         reference = t.sample(2 * min(len(x), max_ot), generator=generator)
     if reference is not None:

@@ -220,6 +220,23 @@ def mode_weight_error(x: Tensor, target: object) -> ModeWeightError:
     return ModeWeightError(err.max().item(), err.mean().item())
 
 
+def mode_weight_error_floor(weights: Tensor, n: int, n_repeats: int = 200,
+                            generator: torch.Generator | None = None
+                            ) -> tuple[NoiseFloor, NoiseFloor]:
+    """The `mode_weight_error` (max_pp, mean_pp) of n exact samples: mean and std over
+    n_repeats multinomial draws of the n mode labels from the true weights w (the error's
+    floor; for a max over K modes of multinomial noise it is about 100 sqrt(w (1 - w) / n)
+    times the expected maximum of K half-normals)."""
+    w = torch.as_tensor(weights).detach().to("cpu", torch.float64)
+    w = w / w.sum()
+    counts = torch.stack([torch.bincount(torch.multinomial(w, n, True, generator=generator),
+                                         minlength=len(w)) for _ in range(n_repeats)])
+    err = 100.0 * (counts.double() / n - w).abs()
+    tails = err.max(1).values, err.mean(1)
+    return tuple(NoiseFloor(t.mean().item(), t.std().item() if n_repeats > 1 else 0.0, n, n)
+                 for t in tails)  # type: ignore[return-value]
+
+
 def mode_coverage(x: Tensor, target: object) -> float:
     """Entropic mode coverage exp(H(w_hat)) / K in (0, 1], H(w) = -sum_k w_k log w_k (0 log 0 = 0).
 
@@ -282,6 +299,7 @@ __all__ = [
     "mode_assignments",
     "mode_coverage",
     "mode_weight_error",
+    "mode_weight_error_floor",
     "mode_weights",
     "noise_floor",
     "sliced_w2",

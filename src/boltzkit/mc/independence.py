@@ -94,7 +94,8 @@ class IndependenceMH(Kernel):
 class Cycle(Kernel):
     """The kernels applied one after the other in each `step` (a deterministic-scan
     composition: invariant when each kernel is). The state carries a score when any kernel needs
-    one; `info` is the last kernel's, with `n_nonfinite` summed.
+    one; `info` is the last kernel's, with `n_nonfinite` summed and `stages` holding every
+    kernel's `accept_prob` in turn.
     """
 
     kernels: tuple[Kernel, ...] = ()
@@ -117,12 +118,13 @@ class Cycle(Kernel):
         return sum(k.evals_per_step for k in self.kernels)
 
     def step(self, state: MCMCState, target: Density) -> tuple[MCMCState, MCMCInfo]:
-        n_bad, info = 0, None
+        n_bad, info, stages = 0, None, []
         for kernel in self.kernels:
             state, info = kernel.step(state, target)
             n_bad += info.n_nonfinite
+            stages.append(info.accept_prob)
         assert info is not None
-        return state, info._replace(n_nonfinite=n_bad)
+        return state, info._replace(n_nonfinite=n_bad, stages=tuple(stages))
 
     def adapted(self, info: MCMCInfo, target_accept: float | None = None, rate: float = 0.05,
                 average_over: tuple[int, ...] = ()) -> Cycle:

@@ -80,11 +80,13 @@ class MCMCState(NamedTuple):
 class MCMCInfo(NamedTuple):
     """Per-step diagnostics: `accept_prob` `[...]` (the MH acceptance probability min(1, r),
     0 for rejected non-finite proposals), `accepted` `[...]` bool, `n_nonfinite` the number of
-    proposals rejected for non-finite values."""
+    proposals rejected for non-finite values; `stages`, for a composition of kernels
+    (`boltzkit.mc.independence.Cycle`), the `accept_prob` of each kernel in turn."""
 
     accept_prob: Tensor
     accepted: Tensor
     n_nonfinite: int
+    stages: tuple[Tensor, ...] = ()
 
 
 @dataclass(frozen=True)

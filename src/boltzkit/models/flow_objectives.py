@@ -96,11 +96,16 @@ class FlowProposal:
     replica inside parallel tempering, where the level's temperature is `[n_temps, 1]`): TRADE's
     q(x | T) proposes at every rung of the ladder. Samples and log-densities come back in
     float64.
+
+    With `basis` B `[dim, k]` (orthonormal columns), the flow lives on the k coordinates
+    z = x B of the subspace the chains move in (e.g. the centre-of-mass-free one of a particle
+    system): x = z B^T and q(x) = q_flow(x B), exact on the subspace because B^T B = I.
     """
 
     flow: ConditionalFlow
     c: float | None = None
     c_ref: float = 1.0
+    basis: Tensor | None = None
 
     def _condition(self, level: Any, shape: tuple[int, ...]) -> Tensor | float:
         if self.c is not None:
@@ -116,13 +121,19 @@ class FlowProposal:
         n = math.prod(shape)
         c = self._condition(level, shape)
         x, log_q = self.flow.sample_and_log_prob(n, _to(c, self.flow))
-        return x.detach().double().reshape(*shape, -1), log_q.detach().double().reshape(shape)
+        x = x.detach().double()
+        if self.basis is not None:
+            x = x @ self.basis.to(x).T
+        return x.reshape(*shape, -1), log_q.detach().double().reshape(shape)
 
     def log_prob(self, x: Tensor, level: Any) -> Tensor:
         """log q(x | level's condition) `[...]` for x `[..., dim]`."""
         shape = tuple(x.shape[:-1])
         c = self._condition(level, shape)
-        flat = x.reshape(-1, x.shape[-1]).to(dtype_of(self.flow))
+        flat = x.reshape(-1, x.shape[-1])
+        if self.basis is not None:
+            flat = flat @ self.basis.to(flat)
+        flat = flat.to(dtype_of(self.flow))
         return self.flow.log_prob(flat, _to(c, self.flow)).detach().double().reshape(shape)
 
 

@@ -49,6 +49,7 @@ REGISTRY = Registry("sampler", {
     "idem": "boltzkit.samplers.idem",
     "smc": "boltzkit.samplers.smc",
     "flow": "boltzkit.samplers.flow",
+    "flow-pt": "boltzkit.samplers.flow_pt",  # composes mcmc and flow
     "trade": "boltzkit.samplers.trade",
 })
 

@@ -44,7 +44,8 @@ from torch import Tensor
 from boltzkit.core import presets
 from boltzkit.core.config import override
 from boltzkit.core.errors import UnknownName, UsageError
-from boltzkit.mc.mcmc import MCMCState, kernel_from_name, relax
+from boltzkit.mc.independence import Cycle, IndependenceMH, Proposal
+from boltzkit.mc.mcmc import Kernel, MCMCState, kernel_from_name, relax
 from boltzkit.mc.tempering import ParallelTempering, PTInfo, PTState, geometric_ladder
 from boltzkit.samplers import Callback, SampleResult, null_callback
 from boltzkit.samplers.run import Run, require
@@ -171,14 +172,28 @@ def sampler_name(config: ChainsConfig) -> str:
     raise TypeError(f"not an MCMC config: {type(config).__name__}")
 
 
-def build(config: ChainsConfig) -> ParallelTempering:
-    """The (one-temperature, for chains) parallel-tempering object a config describes."""
+def build(config: ChainsConfig, proposal: Proposal | None = None) -> ParallelTempering:
+    """The (one-temperature, for chains) parallel-tempering object a config describes; with a
+    `proposal`, every step is an independence move from it, then the local kernel
+    (`boltzkit.mc.independence.Cycle`)."""
     name = sampler_name(config)
     kernel_name = config.kernel if isinstance(config, PTConfig) else name
     extra = {"n_leapfrog": config.n_leapfrog} if kernel_name == "hmc" else {}
-    kernel = kernel_from_name(kernel_name, step_size=config.step_size, **extra)
+    kernel: Kernel = kernel_from_name(kernel_name, step_size=config.step_size, **extra)
+    if proposal is not None:
+        kernel = Cycle((IndependenceMH(proposal, with_score=kernel.needs_score), kernel))
     ladder = geometric_ladder(config.n_temps, config.T_max) if name == "pt" else (1.0,)
     return ParallelTempering(kernel, ladder)
+
+
+def affordable_samples(config: ChainsConfig, budget: int) -> int:
+    """How many T = 1 samples `sample` can return under `budget` (0 if not even a step)."""
+    pt = build(config)
+    n_walkers = pt.n_temps * config.n_chains
+    spare = budget - n_walkers * (1 + config.init_relax_steps)
+    n_steps = max(spare // (n_walkers * pt.kernel.evals_per_step), 0)
+    n_post = n_steps - int(config.burn_in * n_steps)
+    return math.ceil(n_post / config.thinning) * config.n_chains
 
 
 def sample_named(name: str, target: Any, config: ChainsConfig | None = None,
@@ -193,12 +208,14 @@ def sample_named(name: str, target: Any, config: ChainsConfig | None = None,
 def sample(
     target: Any, config: ChainsConfig, *, n_samples: int, budget: int | None = None,
     callback: Callback = null_callback, run_dir: Path | None = None, resume: bool = False,
-    x0: Tensor | None = None,
+    x0: Tensor | None = None, proposal: Proposal | None = None,
 ) -> SampleResult:
-    """n_samples detached T = 1 samples `[n_samples, dim]` (equally weighted, log_w None)."""
+    """n_samples detached T = 1 samples `[n_samples, dim]` (equally weighted, log_w None).
+    With `proposal` (a `boltzkit.mc.independence.Proposal`, e.g. a trained flow), each step
+    first proposes from it at every rung (`build`); its acceptance is reported per
+    temperature as `acceptance_per_stage[0]`."""
     started = time.perf_counter()
-    _validate(config)
-    pt = build(config)
+    pt = build(config, proposal)
     n_walkers = pt.n_temps * config.n_chains
     step_cost = n_walkers * pt.kernel.evals_per_step
     run = Run(target, budget=budget, run_dir=run_dir, checkpoint_name=CHECKPOINT,
@@ -254,16 +271,6 @@ def sample(
     return SampleResult(samples, None, None, diagnostics, run.spent)
 
 
-def _validate(config: ChainsConfig) -> None:
-    if not 0.0 <= config.burn_in < 1.0:
-        raise UsageError(f"burn_in is a fraction in [0, 1), got {config.burn_in}")
-    if config.n_chains < 1 or config.thinning < 1 or config.init_relax_steps < 0:
-        raise UsageError("n_chains and thinning must be positive, init_relax_steps >= 0")
-    if isinstance(config, PTConfig) and (config.n_temps < 1 or config.T_max < 1.0):
-        raise UsageError(f"need n_temps >= 1 and T_max >= 1, got {config.n_temps}, "
-                         f"{config.T_max}")
-
-
 def _start(pt: ParallelTempering, target: Any, config: ChainsConfig, x0: Tensor | None
            ) -> tuple[ParallelTempering, PTState, _Record]:
     x = _initial_x(target, config, pt.n_temps, x0)
@@ -285,6 +292,7 @@ class _Record:
     swap_n: list[float] | None = None
     window_sum: list[float] | None = None  # swap rates since the last ladder update (burn-in)
     window_n: list[float] | None = None
+    stage_sum: list[list[float]] = dataclasses.field(default_factory=list)  # [stage][temp]
     n_post: int = 0
     n_nonfinite: int = 0
     last_accept: float = float("nan")
@@ -312,6 +320,10 @@ class _Record:
             _add(self.accept_sum, accept)
             _add(self.swap_sum, swap)
             _add(self.swap_n, attempted)
+            for i, stage in enumerate(info.kernel.stages):
+                if i == len(self.stage_sum):
+                    self.stage_sum.append([0.0] * self.n_temps)
+                _add(self.stage_sum[i], stage.detach().flatten(1).mean(1).tolist())
             self.n_post += 1
             return pt, state
         pt = pt.adapted(info, config.target_accept, config.adapt_rate)
@@ -331,6 +343,8 @@ class _Record:
         return {
             "acceptance": accept[0],
             "acceptance_per_temperature": accept,
+            "acceptance_per_stage": [[a / max(self.n_post, 1) for a in stage]
+                                     for stage in self.stage_sum],
             "swap_rates": [s / max(n, 1) for s, n in zip(self.swap_sum, self.swap_n, strict=True)],
             "temperatures": list(pt.temperatures),
             "step_size": step.flatten().tolist() if isinstance(step, Tensor) else [float(step)],
@@ -409,6 +423,6 @@ def _restore(pt: ParallelTempering, ckpt: dict[str, Any], config: ChainsConfig
     return pt, state, _Record(**ckpt["record"])
 
 
-__all__ = ["CONFIGS", "ChainsConfig", "Config", "HMCConfig", "MALAConfig",
+__all__ = ["CONFIGS", "ChainsConfig", "Config", "HMCConfig", "MALAConfig", "affordable_samples",
            "PTConfig", "RWMHConfig", "build", "preset", "sample", "sample_named",
            "sampler_name"]

@@ -1,0 +1,158 @@
+"""Flow-assisted parallel tempering ("flow-pt"): PT explores, a flow learns from what it found,
+then PT runs again with the flow as an independence move at every rung.
+
+Three phases, one energy budget B:
+1. explore: plain PT (`boltzkit.samplers.mcmc`) with `train_fraction` * B evaluations; its
+   T = 1 samples (at most `n_data`) are the training data;
+2. learn: a flow trained by maximum likelihood on them (`boltzkit.samplers.flow.train`,
+   objective "forward": no energy evaluation), standardised by the data, with a latent
+   temperature (base N(0, T I) at rung T, Dibak et al. 2022) when `latent_scaling`;
+3. sample: PT started from the explore phase's last configurations, every step an
+   independence Metropolis-Hastings move x' ~ q(. | T) accepted with
+   min(1, pi_T(x') q(x | T) / (pi_T(x) q(x' | T))) (Tierney 1994), then the local kernel, for
+   the rest of B. The flow is frozen here, so phase 3 is an exact MCMC for any flow; the
+   flow's quality only sets the move's acceptance (`diagnostics["flow_acceptance"]`).
+
+Training on the sampler's own chains follows Gabrie, Rotskoff and Vanden-Eijnden (PNAS 119,
+e2109420119, 2022), who train concurrently; freezing the flow before sampling keeps the
+kept samples exact. For particle systems the flow lives on the centre-of-mass-free subspace
+(an orthonormal basis of it), where the chains move, so its density there is exact.
+
+This module composes two samplers (mcmc, flow); neither of them imports it (a contract of
+pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from boltzkit.core.config import check_ranges, override
+from boltzkit.core.errors import UsageError
+from boltzkit.models.flow_objectives import FlowProposal
+from boltzkit.models.flows import FlowArchitecture, make_flow
+from boltzkit.samplers import Callback, SampleResult, flow, mcmc, null_callback
+from boltzkit.samplers.run import Run
+from boltzkit.targets.base import Target
+
+
+@dataclass(frozen=True)
+class Config(mcmc.PTConfig, FlowArchitecture):
+    """PT settings (`mcmc.PTConfig`, used by both PT phases), the flow's architecture
+    (`FlowArchitecture`), and:
+
+    train_fraction: share of the budget for the explore phase.
+    n_data: most explore-phase samples the flow is trained on.
+    flow_steps, flow_batch_size, flow_lr: maximum-likelihood training (no energy cost).
+    latent_scaling: propose at rung T from the base N(0, T I) (else the T = 1 flow everywhere).
+    """
+
+    train_fraction: float = 0.3
+    n_data: int = 4096
+    flow_steps: int = 1000
+    flow_batch_size: int = 256
+    flow_lr: float = 2e-3
+    flow_dtype: str = "float32"
+    latent_scaling: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        FlowArchitecture.__post_init__(self)
+        check_ranges(self, positive=("n_data", "flow_steps", "flow_batch_size", "flow_lr"))
+        if not 0 < self.train_fraction < 1:
+            raise UsageError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
+        if self.flow_dtype not in ("float32", "float64"):
+            raise UsageError(f"flow_dtype must be float32 or float64, got {self.flow_dtype!r}")
+
+
+def preset_names() -> list[str]:
+    """The MCMC presets (`boltzkit/presets/mcmc.toml`): flow-pt runs PT with their settings."""
+    return mcmc.preset_names()
+
+
+def preset(name: str) -> Config:
+    """`Config()` with the PT settings of the MCMC preset `name`."""
+    values = dataclasses.asdict(mcmc.preset(name, sampler="pt"))
+    return override(Config(), values)
+
+
+def pt_config(config: Config) -> mcmc.PTConfig:
+    """The PT settings of a flow-pt config."""
+    names = [f.name for f in dataclasses.fields(mcmc.PTConfig)]
+    return mcmc.PTConfig(**{k: getattr(config, k) for k in names})
+
+
+def subspace_basis(target: Target, dtype: torch.dtype = torch.float64) -> Tensor | None:
+    """Orthonormal columns B `[dim, k]` spanning the range of `target.remove_com` (None when it
+    is the identity): the flow's coordinates are z = x B."""
+    eye = torch.eye(target.dim, dtype=torch.float64)
+    projection = target.remove_com(eye)
+    if torch.allclose(projection, eye):
+        return None
+    values, vectors = torch.linalg.eigh(projection)
+    return vectors[:, values > 0.5].to(dtype)
+
+
+def sample(
+    target: Target, config: Config, *, n_samples: int, budget: int | None = None,
+    callback: Callback = null_callback, run_dir: Path | None = None, resume: bool = False,
+) -> SampleResult:
+    """n_samples equally weighted T = 1 samples of phase 3 (see the module docstring)."""
+    started = time.perf_counter()
+    pt = pt_config(config)
+    whole = Run(target, budget=budget)
+    explore_budget = None if budget is None else int(config.train_fraction * budget)
+    n_data = config.n_data
+    if explore_budget is not None:
+        n_data = min(n_data, mcmc.affordable_samples(pt, explore_budget))
+        if n_data < config.n_chains:
+            raise UsageError(
+                f"budget {budget:,} leaves the explore phase ({config.train_fraction} of it) "
+                f"{n_data} samples, fewer than one per chain ({config.n_chains}); give a larger "
+                "--budget or a larger train_fraction")
+    sub = (lambda name: None) if run_dir is None else (lambda name: Path(run_dir) / name)
+    callback("log", message=f"flow-pt: exploring with PT for {n_data} training samples")
+    explored = mcmc.sample(target, pt, n_samples=n_data, budget=explore_budget,
+                           callback=callback, run_dir=sub("explore"), resume=resume)
+    basis = subspace_basis(target)
+    data = explored.samples.double()
+    data = (data if basis is None else data @ basis).to(getattr(torch, config.flow_dtype))
+    architecture = config.flow_config(data.shape[-1], conditional=False,
+                                      latent_power=1.0 if config.latent_scaling else 0.0)
+    with torch.device(config.device):
+        model = make_flow(architecture, data).to(data.dtype)
+    fit = flow.Config(objective="forward", n_steps=config.flow_steps,
+                      batch_size=config.flow_batch_size, lr=config.flow_lr,
+                      dtype=config.flow_dtype, device=config.device,
+                      **{f.name: getattr(config, f.name)
+                         for f in dataclasses.fields(FlowArchitecture)})
+    record = flow.train(model, target, fit, data, callback=callback, run_dir=sub("flow"),
+                        resume=resume)
+    model.eval()
+    proposal = FlowProposal(model, c=None if config.latent_scaling else 1.0, basis=basis)
+    x0 = explored.samples[-config.n_chains:]
+    if x0.shape[0] < config.n_chains:
+        x0 = x0[torch.arange(config.n_chains) % x0.shape[0]]
+    remaining = None if budget is None else budget - whole.spent["n_energy"]
+    final = mcmc.sample(target, pt, n_samples=n_samples, budget=remaining, callback=callback,
+                        run_dir=sub("sample"), resume=resume, x0=x0, proposal=proposal)
+    stages = final.diagnostics["acceptance_per_stage"]
+    diagnostics = {
+        **final.diagnostics, "sampler": "flow-pt",
+        "flow_acceptance": stages[0][0] if stages else math.nan,
+        "flow_acceptance_per_temperature": stages[0] if stages else [],
+        "explore": {k: explored.diagnostics[k] for k in
+                    ("n_steps", "acceptance", "swap_rates", "temperatures", "n_nonfinite")},
+        "explore_n_energy": explored.counts["n_energy"], "n_train_samples": int(data.shape[0]),
+        "flow_history": record["history"], "flow_train_steps": record["n_steps"],
+        "wall_s": time.perf_counter() - started}
+    return SampleResult(final.samples, None, None, diagnostics, whole.spent)
+
+
+__all__ = ["Config", "pt_config", "preset", "preset_names", "sample", "subspace_basis"]
