@@ -43,7 +43,8 @@ def test_unknown_methods_and_presets_list_the_valid_ones() -> None:
 
 def test_idem_smc_is_a_neural_method_run_as_energy_idem_with_the_smc_correction() -> None:
     sampler, sets = bc.METHODS["idem-smc"]
-    assert sampler == "idem" and set(sets) == {"correction=smc", "parametrisation=energy"}
+    assert sampler == "idem" and set(sets) == {"correction=smc", "parametrisation=energy",
+                                               bc.IDEM_UNTIL_BUDGET}
     rows = [{"target": "t", "method": "pt", "budget": 10, "m": 1.0, "m_floor_std": 0.1},
             {"target": "t", "method": "idem-smc", "budget": 10, "m": 0.5}]
     assert bc.verdict(rows, "t", "m") == "idem-smc beats PT on m from 10 energy evaluations"

@@ -60,6 +60,32 @@ def test_flow_moves_restore_the_mode_weights(flow_moves: bool, monkeypatch) -> N
     assert ok == flow_moves, (fraction, se)
     if flow_moves:
         assert result.diagnostics["flow_acceptance"] > 0.2
+        assert result.diagnostics["flow_move"] == "kept"
+
+
+class FarAway:
+    """A proposal whose samples sit where the target has no mass."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def sample_and_log_prob(self, shape, level):
+        x = 100.0 + torch.randn(*shape, 2, dtype=torch.float64)
+        return x, self.log_prob(x, level)
+
+    def log_prob(self, x, level):
+        return -0.5 * ((x - 100.0) ** 2).sum(-1) - math.log(2 * math.pi)
+
+
+def test_a_flow_whose_moves_are_never_accepted_is_dropped_after_the_trial(monkeypatch) -> None:
+    torch.manual_seed(3)
+    monkeypatch.setattr(flow_pt, "FlowProposal", FarAway)
+    result = flow_pt.sample(TwoModes(2), flow_pt.Config(**SMALL), n_samples=512,
+                            budget=50_000)
+    assert result.diagnostics["flow_move"] == "dropped"
+    assert max(result.diagnostics["flow_trial_acceptance_per_temperature"]) < 0.01
+    assert result.diagnostics["acceptance_per_stage"] == []  # phase 4 ran without the move
+    assert result.counts["n_energy"] <= 50_000
 
 
 def test_the_budget_covers_explore_training_and_sampling() -> None:

@@ -42,11 +42,15 @@ from boltzkit.core.callback import Callback
 from boltzkit.core.errors import UnknownName
 
 NEURAL = ("idem", "idem-ode", "idem-smc", "flow", "flow-pt")
-# method -> (sampler, extra `--set` assignments, preset given a target); None: the default
+# The trained samplers' iteration counts are lifted so that the budget, not a preset's count,
+# ends their training (a budget given is a budget spent).
+IDEM_UNTIL_BUDGET = "n_outer=1000000000"
+# method -> (sampler, extra `--set` assignments)
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "pt": ("pt", ()), "mala": ("mala", ()), "idem": ("idem", ()),
-    "idem-ode": ("idem", ("correction=ode",)), "flow": ("flow", ("objective=reverse",)),
-    "idem-smc": ("idem", ("correction=smc", "parametrisation=energy")),
+    "pt": ("pt", ()), "mala": ("mala", ()), "idem": ("idem", (IDEM_UNTIL_BUDGET,)),
+    "idem-ode": ("idem", ("correction=ode", IDEM_UNTIL_BUDGET)),
+    "idem-smc": ("idem", ("correction=smc", "parametrisation=energy", IDEM_UNTIL_BUDGET)),
+    "flow": ("flow", ("objective=reverse", "n_steps=1000000000")),
     "flow-pt": ("flow-pt", ()),
 }
 HEADLINE: dict[str, tuple[str, ...]] = {
@@ -126,9 +130,10 @@ def tasks(settings: Settings, overrides: list[str], out: Path, device: str = "cp
     for t in settings.targets:
         for m in settings.methods:
             for b in settings.budgets:
+                sets = {"sets": list(METHODS[m][1])} if METHODS[m][1] else {}
                 for s in settings.seeds:
                     key = executors.task_key(run_name(t, m, b, s),
-                                             {**common, "run": [t, m, b], "seed": s})
+                                             {**common, "run": [t, m, b], "seed": s, **sets})
                     out_tasks.append(executors.Task(key, run_task, {
                         "overrides": list(overrides), "target": t, "method": m, "budget": b,
                         "out": str(out), "device": device, "seed": s}))
@@ -214,14 +219,16 @@ def _write(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[str, An
             writer.writeheader()
             writer.writerows(table)
     lines = ["# budget curves", "", f"settings: {configs.to_dict(settings)}", "",
-             "Cells: mean over seeds +- its SE (n_seeds >= 2), then the noise floor.", ""]
+             "Cells: mean over seeds +- its SE (n_seeds >= 2), then the noise floor; spent: "
+             "the mean energy evaluations used, training included.", ""]
     for target in settings.targets:
         metrics = HEADLINE.get(target, ("energy_w2",))
-        lines += [f"## {target}", "", "| method | budget | seeds | " + " | ".join(metrics)
-                  + " |", "|---|---|---|" + "---|" * len(metrics)]
+        lines += [f"## {target}", "", "| method | budget | seeds | spent | "
+                  + " | ".join(metrics) + " |", "|---|---|---|---|" + "---|" * len(metrics)]
         for r in (r for r in summary if r["target"] == target):
             cells = [_cell(r, m) for m in metrics]
-            lines.append(f"| {r['method']} | {r['budget']:,} | {r['n_seeds']} | "
+            spent = f"{r['count_n_energy']:,.0f}" if "count_n_energy" in r else "-"
+            lines.append(f"| {r['method']} | {r['budget']:,} | {r['n_seeds']} | {spent} | "
                          + " | ".join(cells) + " |")
         lines += [""] + [f"- {verdict(summary, target, m)}" for m in metrics] + [""]
     (out_dir / "results.md").write_text("\n".join(lines))

@@ -7,11 +7,15 @@ Three phases, one energy budget B:
 2. learn: a flow trained by maximum likelihood on them (`boltzkit.samplers.flow.train`,
    objective "forward": no energy evaluation), standardised by the data, with a latent
    temperature (base N(0, T I) at rung T, Dibak et al. 2022) when `latent_scaling`;
-3. sample: PT started from the explore phase's last configurations, every step an
-   independence Metropolis-Hastings move x' ~ q(. | T) accepted with
-   min(1, pi_T(x') q(x | T) / (pi_T(x) q(x' | T))) (Tierney 1994), then the local kernel, for
-   the rest of B. The flow is frozen here, so phase 3 is an exact MCMC for any flow; the
-   flow's quality only sets the move's acceptance (`diagnostics["flow_acceptance"]`).
+3. trial: `trial_fraction` * B of PT with the flow's moves (below), from the explore phase's
+   last configurations; its samples are discarded. When the move's acceptance stays below
+   `min_accept` at every rung, the flow is dropped and phase 4 is plain PT (each move costs
+   an energy evaluation, which then buys nothing);
+4. sample: PT started where the trial ended, every step an independence Metropolis-Hastings
+   move x' ~ q(. | T) accepted with min(1, pi_T(x') q(x | T) / (pi_T(x) q(x' | T)))
+   (Tierney 1994), then the local kernel, for the rest of B. The flow is frozen here, so the
+   chain is exact for any flow; the flow's quality only sets the move's acceptance
+   (`diagnostics["flow_acceptance"]`).
 
 Training on the sampler's own chains follows Gabrie, Rotskoff and Vanden-Eijnden (PNAS 119,
 e2109420119, 2022), who train concurrently; freezing the flow before sampling keeps the
@@ -51,6 +55,8 @@ class Config(mcmc.PTConfig, FlowArchitecture):
     n_data: most explore-phase samples the flow is trained on.
     flow_steps, flow_batch_size, flow_lr: maximum-likelihood training (no energy cost).
     latent_scaling: propose at rung T from the base N(0, T I) (else the T = 1 flow everywhere).
+    trial_fraction, min_accept: the trial phase's share of the budget, and the acceptance the
+        flow's move must reach at one rung at least to be kept.
     """
 
     train_fraction: float = 0.3
@@ -60,13 +66,19 @@ class Config(mcmc.PTConfig, FlowArchitecture):
     flow_lr: float = 2e-3
     flow_dtype: str = "float32"
     latent_scaling: bool = True
+    trial_fraction: float = 0.05
+    min_accept: float = 0.01
 
     def __post_init__(self) -> None:
         super().__post_init__()
         FlowArchitecture.__post_init__(self)
         check_ranges(self, positive=("n_data", "flow_steps", "flow_batch_size", "flow_lr"))
-        if not 0 < self.train_fraction < 1:
-            raise UsageError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
+        for name in ("train_fraction", "trial_fraction", "min_accept"):
+            if not 0 < getattr(self, name) < 1:
+                raise UsageError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.train_fraction + self.trial_fraction >= 1:
+            raise UsageError("train_fraction + trial_fraction must be below 1, got "
+                             f"{self.train_fraction} + {self.trial_fraction}")
         if self.flow_dtype not in ("float32", "float64"):
             raise UsageError(f"flow_dtype must be float32 or float64, got {self.flow_dtype!r}")
 
@@ -136,15 +148,27 @@ def sample(
                         resume=resume)
     model.eval()
     proposal = FlowProposal(model, c=None if config.latent_scaling else 1.0, basis=basis)
-    x0 = explored.samples[-config.n_chains:]
-    if x0.shape[0] < config.n_chains:
-        x0 = x0[torch.arange(config.n_chains) % x0.shape[0]]
+    trial_budget = None if budget is None else int(config.trial_fraction * budget)
+    n_trial = config.n_chains * max(1, config.n_data // (10 * config.n_chains))
+    if trial_budget is not None:
+        n_trial = min(n_trial, mcmc.affordable_samples(pt, trial_budget) // 2)
+    trial = mcmc.sample(target, pt, n_samples=max(n_trial, 1), budget=trial_budget,
+                        callback=callback, run_dir=sub("trial"), resume=resume,
+                        x0=_last(explored.samples, config.n_chains), proposal=proposal)
+    stages = trial.diagnostics["acceptance_per_stage"]
+    trial_accept = stages[0] if stages else [0.0]
+    keep = max(trial_accept) >= config.min_accept
+    callback("log", message=f"flow-pt: the flow's move accepts {max(trial_accept):.3g} at best "
+             f"over the ladder in the trial: {'kept' if keep else 'dropped'}")
     remaining = None if budget is None else budget - whole.spent["n_energy"]
     final = mcmc.sample(target, pt, n_samples=n_samples, budget=remaining, callback=callback,
-                        run_dir=sub("sample"), resume=resume, x0=x0, proposal=proposal)
+                        run_dir=sub("sample"), resume=resume,
+                        x0=_last(trial.samples, config.n_chains),
+                        proposal=proposal if keep else None)
     stages = final.diagnostics["acceptance_per_stage"]
     diagnostics = {
-        **final.diagnostics, "sampler": "flow-pt",
+        **final.diagnostics, "sampler": "flow-pt", "flow_move": "kept" if keep else "dropped",
+        "flow_trial_acceptance_per_temperature": trial_accept,
         "flow_acceptance": stages[0][0] if stages else math.nan,
         "flow_acceptance_per_temperature": stages[0] if stages else [],
         "explore": {k: explored.diagnostics[k] for k in
@@ -153,6 +177,12 @@ def sample(
         "flow_history": record["history"], "flow_train_steps": record["n_steps"],
         "wall_s": time.perf_counter() - started}
     return SampleResult(final.samples, None, None, diagnostics, whole.spent)
+
+
+def _last(samples: Tensor, n_chains: int) -> Tensor:
+    """The last n_chains rows of time-major samples (cycled when fewer): chains' last states."""
+    x = samples[-n_chains:]
+    return x if x.shape[0] == n_chains else x[torch.arange(n_chains) % x.shape[0]]
 
 
 __all__ = ["Config", "pt_config", "preset", "preset_names", "sample", "subspace_basis"]
