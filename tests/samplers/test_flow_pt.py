@@ -5,6 +5,7 @@ centre-of-mass-free subspace with an exact density there."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -119,3 +120,36 @@ def test_presets_carry_the_pt_settings() -> None:
     config = flow_pt.preset("dw4")
     assert (config.n_temps, config.T_max, config.init_relax_steps) == (6, 10.0, 100)
     assert "dw4" in flow_pt.preset_names()
+
+
+def test_a_trade_run_s_flow_proposes_at_every_rung_from_the_cli(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from boltzkit.cli import app
+
+    cli = CliRunner()
+    trade_dir, pt_dir = tmp_path / "trade", tmp_path / "flow-pt"
+    common = ["--seed", "0", "--quiet", "--no-figures"]
+    made = cli.invoke(app, ["sample", "two-modes", "--sampler", "trade", "--budget", "20000",
+                            "--n-samples", "200", "--out", str(trade_dir), *common,
+                            "--set", "n_steps=60", "--set", "warmup_steps=30",
+                            "--set", "kind=affine", "--set", "hidden=16", "--set", "c_min=0.5",
+                            "--set", "c_max=4.0"])
+    assert made.exit_code == 0, made.output
+    run = cli.invoke(app, ["sample", "two-modes", "--sampler", "flow-pt", "--budget", "60000",
+                           "--n-samples", "256", "--out", str(pt_dir), *common, "--set",
+                           f"flow_from={trade_dir}", "--set", "n_temps=3", "--set", "T_max=4",
+                           "--set", "n_chains=32", "--set", "trial_fraction=0.2"])
+    assert run.exit_code == 0, run.output
+    diagnostics = json.loads((pt_dir / "diagnostics.json").read_text())["diagnostics"]
+    counts = json.loads((pt_dir / "diagnostics.json").read_text())["counts"]
+    assert diagnostics["flow_from"] == str(trade_dir) and "explore" not in diagnostics
+    assert len(diagnostics["flow_trial_acceptance_per_temperature"]) == 3
+    assert counts["n_energy"] <= 60_000
+    proposal, _ = flow_pt.proposal_from_run(trade_dir, TwoModes(2))
+    assert proposal.c is None  # q(x | c = T) at rung T
+    bad = cli.invoke(app, ["sample", "two-modes", "--sampler", "flow-pt", "--budget", "60000",
+                           "--out", str(tmp_path / "bad"), *common, "--set",
+                           f"flow_from={tmp_path}"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert "not a finished flow or trade run directory" in bad.output

@@ -17,6 +17,10 @@ Three phases, one energy budget B:
    chain is exact for any flow; the flow's quality only sets the move's acceptance
    (`diagnostics["flow_acceptance"]`).
 
+With `flow_from` (the run directory of a `flow` or `trade` run on the same target), that run's
+trained flow is the proposal and phases 1 and 2 are skipped: a TRADE flow q(x | c) proposes at
+each rung at its own temperature (c = T), a one-temperature flow at c = 1 everywhere.
+
 Training on the sampler's own chains follows Gabrie, Rotskoff and Vanden-Eijnden (PNAS 119,
 e2109420119, 2022), who train concurrently; freezing the flow before sampling keeps the
 kept samples exact. For particle systems the flow lives on the centre-of-mass-free subspace
@@ -29,10 +33,13 @@ pyproject.toml).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,8 +48,8 @@ from boltzkit.core.config import check_ranges, override
 from boltzkit.core.errors import UsageError
 from boltzkit.models.flow_objectives import FlowProposal
 from boltzkit.models.flows import FlowArchitecture, make_flow
-from boltzkit.samplers import Callback, SampleResult, flow, mcmc, null_callback
-from boltzkit.samplers.run import Run
+from boltzkit.samplers import Callback, SampleResult, flow, mcmc, null_callback, trade
+from boltzkit.samplers.run import CHECKPOINT, Run
 from boltzkit.targets.base import Target
 
 
@@ -57,6 +64,7 @@ class Config(mcmc.PTConfig, FlowArchitecture):
     latent_scaling: propose at rung T from the base N(0, T I) (else the T = 1 flow everywhere).
     trial_fraction, min_accept: the trial phase's share of the budget, and the acceptance the
         flow's move must reach at one rung at least to be kept.
+    flow_from: a `flow` or `trade` run directory whose flow proposes (no explore, no learning).
     """
 
     train_fraction: float = 0.3
@@ -68,6 +76,7 @@ class Config(mcmc.PTConfig, FlowArchitecture):
     latent_scaling: bool = True
     trial_fraction: float = 0.05
     min_accept: float = 0.01
+    flow_from: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,10 +124,16 @@ def sample(
     target: Target, config: Config, *, n_samples: int, budget: int | None = None,
     callback: Callback = null_callback, run_dir: Path | None = None, resume: bool = False,
 ) -> SampleResult:
-    """n_samples equally weighted T = 1 samples of phase 3 (see the module docstring)."""
+    """n_samples equally weighted T = 1 samples of the last phase (see the module docstring)."""
     started = time.perf_counter()
     pt = pt_config(config)
     whole = Run(target, budget=budget)
+    sub = (lambda name: None) if run_dir is None else (lambda name: Path(run_dir) / name)
+    if config.flow_from:
+        proposal, source = proposal_from_run(Path(config.flow_from), target)
+        callback("log", message=f"flow-pt: proposing from {source}")
+        return _sample_with(target, config, proposal, None, whole, started, n_samples, budget,
+                            callback, sub, resume, {"flow_from": str(config.flow_from)})
     explore_budget = None if budget is None else int(config.train_fraction * budget)
     n_data = config.n_data
     if explore_budget is not None:
@@ -128,7 +143,6 @@ def sample(
                 f"budget {budget:,} leaves the explore phase ({config.train_fraction} of it) "
                 f"{n_data} samples, fewer than one per chain ({config.n_chains}); give a larger "
                 "--budget or a larger train_fraction")
-    sub = (lambda name: None) if run_dir is None else (lambda name: Path(run_dir) / name)
     callback("log", message=f"flow-pt: exploring with PT for {n_data} training samples")
     explored = mcmc.sample(target, pt, n_samples=n_data, budget=explore_budget,
                            callback=callback, run_dir=sub("explore"), resume=resume)
@@ -148,13 +162,29 @@ def sample(
                         resume=resume)
     model.eval()
     proposal = FlowProposal(model, c=None if config.latent_scaling else 1.0, basis=basis)
+    extra = {"explore": {k: explored.diagnostics[k] for k in
+                         ("n_steps", "acceptance", "swap_rates", "temperatures", "n_nonfinite")},
+             "explore_n_energy": explored.counts["n_energy"],
+             "n_train_samples": int(data.shape[0]), "flow_history": record["history"],
+             "flow_train_steps": record["n_steps"]}
+    return _sample_with(target, config, proposal, _last(explored.samples, config.n_chains), whole,
+                        started, n_samples, budget, callback, sub, resume, extra)
+
+
+def _sample_with(target: Target, config: Config, proposal: FlowProposal, x0: Tensor | None,
+                 whole: Run, started: float, n_samples: int, budget: int | None,
+                 callback: Callback, sub: Callable[[str], Path | None], resume: bool,
+                 extra: dict[str, Any]) -> SampleResult:
+    """Phases 3 and 4 (the trial and the sampling) with `proposal`, from x0 (None: PT's own
+    start)."""
+    pt = pt_config(config)
     trial_budget = None if budget is None else int(config.trial_fraction * budget)
     n_trial = config.n_chains * max(1, config.n_data // (10 * config.n_chains))
     if trial_budget is not None:
         n_trial = min(n_trial, mcmc.affordable_samples(pt, trial_budget) // 2)
     trial = mcmc.sample(target, pt, n_samples=max(n_trial, 1), budget=trial_budget,
                         callback=callback, run_dir=sub("trial"), resume=resume,
-                        x0=_last(explored.samples, config.n_chains), proposal=proposal)
+                        x0=x0, proposal=proposal)
     stages = trial.diagnostics["acceptance_per_stage"]
     trial_accept = stages[0] if stages else [0.0]
     keep = max(trial_accept) >= config.min_accept
@@ -171,12 +201,41 @@ def sample(
         "flow_trial_acceptance_per_temperature": trial_accept,
         "flow_acceptance": stages[0][0] if stages else math.nan,
         "flow_acceptance_per_temperature": stages[0] if stages else [],
-        "explore": {k: explored.diagnostics[k] for k in
-                    ("n_steps", "acceptance", "swap_rates", "temperatures", "n_nonfinite")},
-        "explore_n_energy": explored.counts["n_energy"], "n_train_samples": int(data.shape[0]),
-        "flow_history": record["history"], "flow_train_steps": record["n_steps"],
-        "wall_s": time.perf_counter() - started}
+        **extra, "wall_s": time.perf_counter() - started}
     return SampleResult(final.samples, None, None, diagnostics, whole.spent)
+
+
+def proposal_from_run(run_dir: Path, target: Target) -> tuple[FlowProposal, str]:
+    """The trained flow of a `flow` or `trade` run directory as a proposal for `target`, and a
+    line saying where it came from."""
+    files = [run_dir / name for name in ("run.json", "config.json", CHECKPOINT)]
+    if not all(f.exists() for f in files):
+        raise UsageError(f"flow_from={run_dir} is not a finished flow or trade run directory "
+                         "(it needs run.json, config.json and checkpoint.pt)")
+    record = json.loads(files[0].read_text())
+    values = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in json.loads(files[1].read_text()).items()}
+    sampler = record.get("sampler")
+    if sampler not in ("flow", "trade"):
+        raise UsageError(f"flow_from={run_dir} is a {sampler!r} run; valid: flow, trade")
+    if subspace_basis(target) is not None:
+        raise UsageError("flow_from needs a target that is not a particle system: a flow "
+                         "trained in Cartesian space has no exact density on the centre-of-"
+                         "mass-free subspace the chains move in")
+    if sampler == "flow":
+        fit = override(flow.Config(), values)
+        model = make_flow(fit.flow_config(target.dim, conditional=False))
+        model = model.to(getattr(torch, fit.dtype))
+    else:
+        model = trade.build_flow(override(trade.Config(), values), target.dim)
+    try:
+        model.load_state_dict(torch.load(files[2], weights_only=False)["flow"])
+    except (RuntimeError, KeyError) as err:
+        raise UsageError(f"flow_from={run_dir}: its flow does not fit {target.name!r} "
+                         f"(dim {target.dim}): {str(err).splitlines()[0]}") from None
+    model.eval()
+    c = None if sampler == "trade" else 1.0  # TRADE: c = T at every rung
+    return FlowProposal(model, c=c), f"the {sampler} run {run_dir} (target {record['target']})"
 
 
 def _last(samples: Tensor, n_chains: int) -> Tensor:
