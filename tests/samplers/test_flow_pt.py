@@ -153,3 +153,16 @@ def test_a_trade_run_s_flow_proposes_at_every_rung_from_the_cli(tmp_path) -> Non
                            f"flow_from={tmp_path}"])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
     assert "not a finished flow or trade run directory" in bad.output
+
+
+@pytest.mark.parametrize("budget", [5_000, 12_000, 50_000])
+def test_affordable_samples_is_what_a_run_with_the_flow_move_returns(budget: int) -> None:
+    torch.manual_seed(4)
+    config = flow_pt.pt_config(flow_pt.Config(**{**SMALL, "n_temps": 2, "n_chains": 16}))
+    proposal = FlowProposal(make_flow(FlowConfig(dim=2, kind="affine", n_layers=2, hidden=8,
+                                                 conditional=False)).double())
+    n = mcmc.affordable_samples(config, budget, proposal)
+    assert n == mcmc.sample(TwoModes(2), config, n_samples=n, budget=budget,
+                            proposal=proposal).samples.shape[0]
+    with pytest.raises(UsageError, match="buys at most"):
+        mcmc.sample(TwoModes(2), config, n_samples=n + 1, budget=budget, proposal=proposal)

@@ -181,7 +181,7 @@ def _sample_with(target: Target, config: Config, proposal: FlowProposal, x0: Ten
     trial_budget = None if budget is None else int(config.trial_fraction * budget)
     n_trial = config.n_chains * max(1, config.n_data // (10 * config.n_chains))
     if trial_budget is not None:
-        n_trial = min(n_trial, mcmc.affordable_samples(pt, trial_budget) // 2)
+        n_trial = min(n_trial, mcmc.affordable_samples(pt, trial_budget, proposal) // 2)
     trial = mcmc.sample(target, pt, n_samples=max(n_trial, 1), budget=trial_budget,
                         callback=callback, run_dir=sub("trial"), resume=resume,
                         x0=x0, proposal=proposal)

@@ -186,9 +186,11 @@ def build(config: ChainsConfig, proposal: Proposal | None = None) -> ParallelTem
     return ParallelTempering(kernel, ladder)
 
 
-def affordable_samples(config: ChainsConfig, budget: int) -> int:
-    """How many T = 1 samples `sample` can return under `budget` (0 if not even a step)."""
-    pt = build(config)
+def affordable_samples(config: ChainsConfig, budget: int, proposal: Proposal | None = None
+                       ) -> int:
+    """How many T = 1 samples `sample(..., proposal=proposal)` can return under `budget` (0 if
+    not even a step)."""
+    pt = build(config, proposal)
     n_walkers = pt.n_temps * config.n_chains
     spare = budget - n_walkers * (1 + config.init_relax_steps)
     n_steps = max(spare // (n_walkers * pt.kernel.evals_per_step), 0)
