@@ -176,13 +176,15 @@ def _sample_with(target: Target, config: Config, proposal: FlowProposal, x0: Ten
                  callback: Callback, sub: Callable[[str], Path | None], resume: bool,
                  extra: dict[str, Any]) -> SampleResult:
     """Phases 3 and 4 (the trial and the sampling) with `proposal`, from x0 (None: PT's own
-    start)."""
-    pt = pt_config(config)
+    start). Chains continued from x0 are not relaxed again (`init_relax_steps` = 0)."""
+    fresh = pt_config(config)
+    pt = dataclasses.replace(fresh, init_relax_steps=0)
     trial_budget = None if budget is None else int(config.trial_fraction * budget)
     n_trial = config.n_chains * max(1, config.n_data // (10 * config.n_chains))
+    first = fresh if x0 is None else pt
     if trial_budget is not None:
-        n_trial = min(n_trial, mcmc.affordable_samples(pt, trial_budget, proposal) // 2)
-    trial = mcmc.sample(target, pt, n_samples=max(n_trial, 1), budget=trial_budget,
+        n_trial = min(n_trial, mcmc.affordable_samples(first, trial_budget, proposal) // 2)
+    trial = mcmc.sample(target, first, n_samples=max(n_trial, 1), budget=trial_budget,
                         callback=callback, run_dir=sub("trial"), resume=resume,
                         x0=x0, proposal=proposal)
     stages = trial.diagnostics["acceptance_per_stage"]
