@@ -1,7 +1,7 @@
 """Flow-assisted parallel tempering ("flow-pt"): PT explores, a flow learns from what it found,
 then PT runs again with the flow as an independence move at every rung.
 
-Three phases, one energy budget B:
+Four phases, one energy budget B:
 1. explore: plain PT (`boltzkit.samplers.mcmc`) with `train_fraction` * B evaluations; its
    T = 1 samples (at most `n_data`) are the training data;
 2. learn: a flow trained by maximum likelihood on them (`boltzkit.samplers.flow.train`,
@@ -26,8 +26,8 @@ e2109420119, 2022), who train concurrently; freezing the flow before sampling ke
 kept samples exact. For particle systems the flow lives on the centre-of-mass-free subspace
 (an orthonormal basis of it), where the chains move, so its density there is exact.
 
-This module composes two samplers (mcmc, flow); neither of them imports it (a contract of
-pyproject.toml).
+This module composes samplers (mcmc, flow, and trade for `flow_from`); none of them imports
+it (a contract of pyproject.toml).
 """
 
 from __future__ import annotations
