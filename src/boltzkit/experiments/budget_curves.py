@@ -271,8 +271,11 @@ def _figure(out_dir: Path, summary: list[dict[str, Any]], settings: Settings) ->
                 xs = sorted(floors)
                 mean = [statistics.fmean(f for f, _ in floors[b]) for b in xs]
                 spread = [statistics.fmean(s for _, s in floors[b]) for b in xs]
+                # on the log axis a band reaching zero is cut at half the smallest value shown
+                shown = [y for c in panel.values() for y in c[1] if y > 0] + mean
+                bottom = 0.5 * min(shown)
                 bands.setdefault(metric, {}).setdefault(target, {})["noise floor +- 2 sd"] = (
-                    xs, [max(m - 2 * s, 1e-12) for m, s in zip(mean, spread, strict=True)],
+                    xs, [max(m - 2 * s, bottom) for m, s in zip(mean, spread, strict=True)],
                     [m + 2 * s for m, s in zip(mean, spread, strict=True)])
     plots.curve_grid(grid, out_dir / "budget_curves.png", xlabel="energy evaluations",
                      xscale="log", yscale="log", bands=bands)
