@@ -41,6 +41,7 @@ from boltzkit.core.errors import UsageError
 from boltzkit.evaluate import metrics as sample_metrics
 from boltzkit.evaluate import molecular
 from boltzkit.experiments import trade_exps
+from boltzkit.experiments.tables import seed_summary, write_tables
 from boltzkit.mc.resampling import systematic
 from boltzkit.models import flow_objectives
 from boltzkit.models.flows import ConditionalFlow, make_flow
@@ -60,7 +61,10 @@ MD_FULL: dict[float, tuple[int, tuple[str, ...], int]] = {
 }
 MD_QUICK_SETS = ("steps_per_frame=20", "n_equilibration_steps=200")
 BG_300 = "bg-300"
-METRICS = ("ess_fraction", "nll_test", "rama_kl", "rama_tv", "phi_positive", "energy_w2_kT")
+# MCMC and MD at 300 K with the 300 K flow's energy budget (`Settings.baseline_budget`)
+BASELINES = ("pt-300", "md-300")
+METRICS = ("ess_fraction", "nll_test", "rama_kl", "rama_tv", "phi_positive", "energy_w2_kT",
+           "d_alanine", "energy_evals")
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class Settings:
     """Experiment settings (`--set key=value`; `preset=quick` for a minutes-long smoke run)."""
 
     methods: tuple[str, ...] = ("trade-free", "trade-free-fit", "latent_nll", "reweight",
-                                "reverse_kl", BG_300)
+                                "reverse_kl", BG_300, *BASELINES)
     temperatures: tuple[float, ...] = (300.0, 450.0, 600.0, 1000.0)
     seeds: tuple[int, ...] = (0,)
     n_steps: int = 2000
@@ -84,6 +88,7 @@ class Settings:
     threads: int = 2
     figures: bool = True
     trade_set: tuple[str, ...] = ()
+    baseline_budget: int = 0  # pt-300 / md-300; 0: what the 300 K flow cost (run docstring)
 
 
 QUICK = {"methods": ("trade-free", "latent_nll", "reweight", BG_300), "n_steps": 6,
@@ -95,10 +100,10 @@ def settings_from(overrides: list[str]) -> Settings:
     items = configs.parse_assignments(overrides)
     base = Settings(**QUICK) if items.pop("preset", "default") == "quick" else Settings()
     settings = configs.override(base, items)
-    unknown = [m for m in settings.methods if m not in trade_exps.METHODS and m != BG_300]
+    valid = [*trade_exps.METHODS, BG_300, *BASELINES]
+    unknown = [m for m in settings.methods if m not in valid]
     if unknown:
-        raise UsageError(f"unknown methods {unknown}; valid: "
-                         f"{', '.join([*trade_exps.METHODS, BG_300])}")
+        raise UsageError(f"unknown methods {unknown}; valid: {', '.join(valid)}")
     missing = [t for t in settings.temperatures if t not in MD_FULL]
     if missing and not settings.quick_md_frames:
         raise UsageError(f"no MD settings for temperatures {missing} K; valid: "
@@ -107,8 +112,9 @@ def settings_from(overrides: list[str]) -> Settings:
 
 
 # ---- data ---------------------------------------------------------------------------------
-def md_frames(temperature: float, settings: Settings, callback: Callback) -> Tensor:
-    """Cartesian MD frames `[n, 66]` of aldp at `temperature` K (cached; see MD_FULL)."""
+def md_frames(temperature: float, settings: Settings, callback: Callback) -> tuple[Tensor, int]:
+    """Cartesian MD frames `[n, 66]` of aldp at `temperature` K (cached; see MD_FULL) and the
+    force evaluations they cost (every replica's steps, equilibration included)."""
     from boltzkit.app.md_reference import make_md_reference
 
     target = aldp(temperature=temperature)
@@ -117,7 +123,8 @@ def md_frames(temperature: float, settings: Settings, callback: Callback) -> Ten
     else:
         n, sets, seed = MD_FULL[temperature]
     callback("log", message=f"MD frames at {temperature:g} K ({n}, cached when present)")
-    return make_md_reference(target, n, sets=sets, seed=seed).samples.to(torch.float64)
+    ref = make_md_reference(target, n, sets=sets, seed=seed)
+    return ref.samples.to(torch.float64), int(ref.metadata["counts"]["n_force_evals"])
 
 
 def split(frames: Tensor) -> tuple[Tensor, Tensor]:
@@ -136,36 +143,67 @@ def reference_floor(reference: Tensor, energies: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
+def sample_metrics_at(x: Tensor, log_w: Tensor | None, temperature: float, reference: Tensor
+                      ) -> tuple[dict[str, float], Tensor]:
+    """Rama KL / TV, phi > 0 (with its SE) beside the reference's, energy W2 in kT at
+    `temperature` and the D-alanine fraction of Cartesian samples `x` `[n, 66]`, weighted by
+    `log_w`, or, with None, an equally weighted correlated series (chains or MD; phi > 0 SE by
+    batch means over 10 blocks); returns them and the (resampled) samples."""
+    molecule = aldp(temperature=temperature).uncounted()
+    ref_t, x_t = molecular.torsions(reference), molecular.torsions(x)
+    ref_pop = molecular.phi_positive_population(ref_t, n_blocks=10)
+    pop = molecular.phi_positive_population(x_t, log_w, n_blocks=None if log_w is not None
+                                            else 10)
+    kept = x if log_w is None else x[systematic(log_w[None])[0]]
+    return {
+        "rama_kl": molecular.ramachandran_kl(x_t, ref_t, log_w=log_w),
+        "rama_tv": molecular.ramachandran_tv(x_t, ref_t, log_w=log_w),
+        "phi_positive": pop.fraction, "phi_positive_se": pop.se,
+        "phi_positive_reference": ref_pop.fraction, "phi_positive_reference_se": ref_pop.se,
+        "energy_w2_kT": sample_metrics.energy_w2(molecule.energy(kept), molecule.energy(reference)),
+        "d_alanine": molecular.d_alanine_fraction(x, log_w).fraction,
+    }, kept
+
+
+@torch.no_grad()
 def evaluate(flow: ConditionalFlow, space: ConstrainedInternalTarget, family: Family,
              temperature: float, reference: Tensor, test_y: Tensor, n: int
              ) -> tuple[dict[str, float], Tensor]:
-    """The metrics of the flow at `temperature` (module docstring) and the resampled
-    Cartesian samples."""
+    """The metrics of the flow at `temperature` (module docstring): ESS/N from the real
+    log-weights, the test NLL and `sample_metrics_at` of the reweighted samples; returns them
+    and the resampled Cartesian samples."""
     c = temperature / T0
-    at_c = family.at(c)
-    y, log_w, n_bad = flow_objectives.reweight(flow, at_c, n, c)
+    y, log_w, n_bad = flow_objectives.reweight(flow, family.at(c), n, c)
     weights = flow_objectives.summarise_weights(log_w)
     x = space.to_cartesian(y)[0]
-    # the Cartesian molecule at T (at_c.target is aldp at T0): -log_prob = E / kT at T, the
-    # unit of the floors
-    molecule = at_c.target.tempered(c).uncounted()
-    ref_t = molecular.torsions(reference)
-    ref_pop = molecular.phi_positive_population(ref_t, n_blocks=10)
-    pop = molecular.phi_positive_population(molecular.torsions(x), log_w)
-    chosen = systematic(log_w[None])[0]
-    e_samples = -molecule.log_prob(x[chosen])
-    e_ref = -molecule.log_prob(reference)
     nll = -flow.log_prob(test_y.to(flow.loc.dtype), c).double().mean()
-    return {
-        "ess_fraction": weights["ess_fraction"], "n_nonfinite_weights": n_bad,
-        "nll_test": float(nll),
-        "rama_kl": molecular.ramachandran_kl(molecular.torsions(x), ref_t, log_w=log_w),
-        "rama_tv": molecular.ramachandran_tv(molecular.torsions(x), ref_t, log_w=log_w),
-        "phi_positive": pop.fraction, "phi_positive_se": pop.se,
-        "phi_positive_reference": ref_pop.fraction, "phi_positive_reference_se": ref_pop.se,
-        "energy_w2_kT": sample_metrics.energy_w2(e_samples, e_ref),
-        "d_alanine": molecular.d_alanine_fraction(x, log_w).fraction,
-    }, x[chosen]
+    row, kept = sample_metrics_at(x, log_w, temperature, reference)
+    return {"ess_fraction": weights["ess_fraction"], "n_nonfinite_weights": n_bad,
+            "nll_test": float(nll), **row}, kept
+
+
+def run_baseline(method: str, budget: int, n: int, seed: int, callback: Callback
+                 ) -> tuple[Tensor, int]:
+    """Cartesian 300 K samples of "pt-300" (parallel tempering with the `aldp` preset in the
+    free internal coordinates) or "md-300" (plain constrained Langevin MD, 2 fs, a tenth of
+    the budget as equilibration, `n` frames evenly over the rest) under `budget` energy (force)
+    evaluations, and the evaluations spent."""
+    from boltzkit.app.md_reference import MDConfig, run_md
+    from boltzkit.samplers import mcmc
+
+    target = aldp(temperature=300.0)
+    callback("log", message=f"{method}: {budget:,} energy evaluations (seed {seed})")
+    if method == "pt-300":
+        space = ConstrainedInternalTarget(target)
+        torch.manual_seed(seed)
+        result = mcmc.sample(space, mcmc.preset("aldp", sampler="pt"), n_samples=n,
+                             budget=budget)
+        return space.to_cartesian(result.samples)[0], int(result.counts["n_energy"])
+    n_equilibration = budget // 10
+    steps_per_frame = max(1, (budget - n_equilibration) // n)
+    md = run_md(target, MDConfig(n_frames=n, steps_per_frame=steps_per_frame,
+                                 n_equilibration_steps=n_equilibration, seed=seed + 1))
+    return md.positions.to(torch.float64), int(md.n_steps)
 
 
 # ---- training -----------------------------------------------------------------------------
@@ -201,7 +239,12 @@ def train_method(method: str, settings: Settings, family: Family, data: trade.Da
 def run(out_dir: Path, overrides: list[str], callback: Callback, device: str = "cpu"
         ) -> dict[str, Any]:
     """The experiment (module docstring); flows train on `device`, evaluation runs on the
-    CPU; returns the 300 K headline per method."""
+    CPU; returns the 300 K headline per method (means over the seeds).
+
+    Costs (`energy_evals` per row, in energy or force evaluations): a flow costs the MD force
+    evaluations of its data (600 K, or 300 K for bg-300; equilibration and every replica
+    included), its training's energy evaluations and the `n_eval` evaluations of its weights;
+    pt-300 and md-300 get `baseline_budget`, by default bg-300's cost."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,43 +254,59 @@ def run(out_dir: Path, overrides: list[str], callback: Callback, device: str = "
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     space = ConstrainedInternalTarget(aldp(temperature=T0))
     family = Family(space, "temperature")
-    needed = {T0, *settings.temperatures, *((300.0,) if BG_300 in settings.methods else ())}
-    frames = {t: md_frames(t, settings, callback) for t in sorted(needed)}
+    at_300 = {BG_300, *BASELINES} & set(settings.methods)
+    evaluated = sorted({*settings.temperatures, *((300.0,) if at_300 else ())})
+    made = {t: md_frames(t, settings, callback) for t in sorted({T0, *evaluated})}
+    frames = {t: x for t, (x, _) in made.items()}
     as_y = {t: space.wrap(space.from_cartesian(x)) for t, x in frames.items()}
     splits = {t: split(as_y[t]) for t in (T0, 300.0) if t in as_y}
     data = trade.Data(splits[T0][0].float(), 1.0)
     data_300 = trade.Data(splits[300.0][0].float(), 300.0 / T0) if 300.0 in splits else None
     # held-apart frames: the test split where a split trains a flow, else every frame
-    tests = {t: splits[t][1] if t in splits else as_y[t] for t in settings.temperatures}
+    tests = {t: splits[t][1] if t in splits else as_y[t] for t in evaluated}
     floors = {t: reference_floor(frames[t], aldp(temperature=t).energy(frames[t]))
-              for t in settings.temperatures}
+              for t in evaluated}
+    budget = settings.baseline_budget or (made[300.0][1] + settings.n_eval if at_300 else 0)
     callback("log", message=f"frames per temperature: { {t: len(x) for t, x in frames.items()} }")
     rows, samples, trained = [], {}, {}
     for seed in settings.seeds:
         for method in settings.methods:
+            if method in BASELINES:
+                began = time.perf_counter()
+                x, spent = run_baseline(method, budget, settings.n_eval, seed, callback)
+                row, kept = sample_metrics_at(x, None, 300.0, frames[300.0])
+                rows.append({"method": method, "seed": seed, "temperature_K": 300.0, **row,
+                             **{f"{k}_floor": v for k, v in floors[300.0].items()},
+                             "energy_evals": spent, "budget": budget,
+                             "seconds": time.perf_counter() - began})
+                samples[(method, 300.0)] = kept
+                continue
             flow, rec = train_method(method, settings, family, data, data_300, callback, seed,
                                      device)
             trained[(method, seed)] = rec
-            temps = (300.0,) if method == BG_300 else settings.temperatures
-            for t in temps:
+            data_cost = made[300.0 if method == BG_300 else T0][1]
+            train_evals = rec["history"][-1]["n_energy"] if rec["history"] else 0
+            for t in ((300.0,) if method == BG_300 else settings.temperatures):
                 row, x = evaluate(flow, space, family, t, frames[t], tests[t], settings.n_eval)
                 rows.append({"method": method, "seed": seed, "temperature_K": t, **row,
                              **{f"{k}_floor": v for k, v in floors[t].items()},
-                             "train_seconds": rec["seconds"],
-                             "train_energy_evals": rec["history"][-1]["n_energy"]
-                             if rec["history"] else 0})
+                             "energy_evals": data_cost + train_evals + settings.n_eval,
+                             "train_seconds": rec["seconds"], "train_energy_evals": train_evals})
                 samples[(method, t)] = x
     notes = ("ESS/N Kish from real log-weights; NLL in nats per configuration of held-apart "
              "MD frames in the 48 internal coordinates; rama_kl = KL(reference || samples), "
              "30 x 30 bins, nats; energy W2 in kT of the resampled set; floors: reference "
-             "time-halves")
-    trade_exps.write_tables(out_dir, rows, METRICS, "temperature_K",
-                            "TRADE on alanine dipeptide (aldp), data at 600 K", notes)
+             "time-halves; energy_evals: MD data + training + weights (flows), the budget "
+             "spent (pt-300, md-300); cells: mean +- SE over seeds")
+    write_tables(out_dir, rows, METRICS, "temperature_K",
+                 "TRADE on alanine dipeptide (aldp), data at 600 K", notes)
     if settings.figures:
-        _figures(out_dir, frames, samples, settings)
-    headline = {r["method"]: {k: r[k] for k in METRICS} for r in rows
-                if r["temperature_K"] == 300.0 and r["seed"] == settings.seeds[0]}
-    record.update(wall_s=time.perf_counter() - t0, headline=headline,
+        _figures(out_dir, frames, samples, evaluated)
+    headline = {m: {k: cell.get(k) for k in METRICS}
+                for (m, t), cell in seed_summary(rows, "temperature_K", METRICS).items()
+                if t == 300.0}
+    record.update(wall_s=time.perf_counter() - t0, headline=headline, baseline_budget=budget,
+                  md_force_evals={f"{t:g}": cost for t, (_, cost) in made.items()},
                   training={f"{m}/{s}": {"seconds": r["seconds"], "n_steps": r["n_steps"]}
                             for (m, s), r in trained.items()})
     (out_dir / "settings.json").write_text(json.dumps(record, indent=2, default=str))
@@ -255,12 +314,12 @@ def run(out_dir: Path, overrides: list[str], callback: Callback, device: str = "
 
 
 def _figures(out_dir: Path, frames: dict[float, Tensor], samples: dict[tuple[str, float], Tensor],
-             settings: Settings) -> None:
+             temperatures: list[float]) -> None:
     """ramachandran_grid.png (rows: the reference and each method; columns: temperatures) and
     free_energy_phi_<T>K.png (F along phi per method)."""
     from boltzkit.app import plots
 
-    temps = list(settings.temperatures)
+    temps = list(temperatures)
     series = {"reference": {t: molecular.torsions(frames[t]) for t in temps}}
     for (method, t), x in samples.items():
         series.setdefault(method, {})[t] = molecular.torsions(x)

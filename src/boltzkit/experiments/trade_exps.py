@@ -27,7 +27,6 @@ out_dir/models), and a re-run in the same directory skips the methods already fi
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import importlib
 import json
@@ -45,6 +44,7 @@ from torch import Tensor
 from boltzkit.app import executors
 from boltzkit.core import config as configs
 from boltzkit.core.callback import Callback
+from boltzkit.experiments.tables import seed_summary, write_tables
 from boltzkit.mc import estimators
 from boltzkit.models.flows import ConditionalFlow, dtype_of
 from boltzkit.samplers import trade
@@ -188,33 +188,6 @@ def on_device(family: Family, data: trade.Data, device: str) -> tuple[Family, tr
 
 
 # ---- tables -------------------------------------------------------------------------------
-def write_tables(out_dir: Path, rows: list[dict[str, Any]], metrics: tuple[str, ...],
-                 column: str, title: str, notes: str = "") -> None:
-    """results.csv (all rows) and results.md: per metric a methods x `column` table."""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out_dir / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [f"# {title}", "", notes, ""] if notes else [f"# {title}", ""]
-    cols = list(dict.fromkeys(r[column] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    for metric in metrics:
-        lines += [f"## {metric}", "", "| method | " + " | ".join(f"{column}={c:g}" for c in cols)
-                  + " |", "|---" * (len(cols) + 1) + "|"]
-        for m in methods:
-            vals = {r[column]: r.get(metric) for r in rows if r["method"] == m}
-            lines.append(f"| {m} | " + " | ".join(_fmt(vals.get(c)) for c in cols) + " |")
-        lines.append("")
-    (out_dir / "results.md").write_text("\n".join(lines))
-
-
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
 def begin_run(out_dir: Path, overrides: list[str], name: str) -> tuple[Path, Settings, dict]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -407,4 +380,5 @@ def run_multi_well(out_dir: Path, overrides: list[str], callback: Callback,
 
 __all__ = ["METHODS", "Settings", "begin_run", "finish_run", "gmm_kl", "gmm_reference",
            "grid_reference", "is_row", "means_by_method", "run_gmm", "run_multi_well",
-           "method_task", "run_methods", "train_method", "trade_config", "write_tables"]
+           "method_task", "run_methods", "seed_summary", "train_method", "trade_config",
+           "write_tables"]
