@@ -56,6 +56,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
 HEADLINE: dict[str, tuple[str, ...]] = {
     "gmm40": ("energy_w2", "mode_weight_error_max_pp"), "dw4": ("energy_w2", "distance_w2"),
     "lj13": ("energy_w2", "distance_w2"), "aldp-fab": ("ramachandran_tv_30x30", "energy_w2"),
+    "aldp": ("ramachandran_kl_ref_to_samples_30x30_nats", "energy_w2"),
 }
 
 

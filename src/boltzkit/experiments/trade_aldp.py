@@ -8,8 +8,9 @@ circle); flows are "mixed" coupling flows (circular splines on the 19 dihedrals,
 standardised bonds and angles). The condition is c = T / 600 K, so c0 = 1 and the range
 [0.5, 5/3] covers 300 K to 1000 K (TRADE's own [0.4, 1.1] is relative to another reference
 temperature). Data and references are the project's own MD (`boltzkit reference aldp`, cached
-and found by their settings): 600 K frames split 0.8 / 0.05 / 0.15 (train / validation, unused /
-test, in time order), and at 300 K (replica exchange), 450 K and 1000 K the reference frames.
+and found by their settings): 600 K frames split 0.8 / 0.05 / 0.15 (train / validation / test,
+in time order; the flow kept is the one of lowest validation NLL after the warm-up), and
+at 300 K (replica exchange), 450 K and 1000 K the reference frames.
 
 Methods: those of `trade_exps.METHODS` (trade-free, trade-free-fit, latent_nll, reweight,
 reverse_kl, ...) trained on the 600 K data over the range, and `bg-300`, a flow trained by
@@ -127,10 +128,11 @@ def md_frames(temperature: float, settings: Settings, callback: Callback) -> tup
     return ref.samples.to(torch.float64), int(ref.metadata["counts"]["n_force_evals"])
 
 
-def split(frames: Tensor) -> tuple[Tensor, Tensor]:
-    """(train, test): the first 80 % and the last 15 % in time order (5 % apart, unused)."""
+def split(frames: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(train, validation, test): the first 80 %, the next 5 % and the last 15 % in time
+    order. Validation frames choose the training step whose flow is kept (`trade.train`)."""
     n = len(frames)
-    return frames[: int(0.8 * n)], frames[int(0.85 * n):]
+    return frames[: int(0.8 * n)], frames[int(0.8 * n): int(0.85 * n)], frames[int(0.85 * n):]
 
 
 # ---- evaluation ---------------------------------------------------------------------------
@@ -207,11 +209,12 @@ def run_baseline(method: str, budget: int, n: int, seed: int, callback: Callback
 
 
 # ---- training -----------------------------------------------------------------------------
-def train_method(method: str, settings: Settings, family: Family, data: trade.Data,
-                 data_300: trade.Data | None, callback: Callback, seed: int,
-                 device: str = "cpu") -> tuple[ConditionalFlow, dict[str, Any]]:
+def train_method(method: str, settings: Settings, family: Family,
+                 boundaries: dict[float, tuple[trade.Data, trade.Data]], callback: Callback,
+                 seed: int, device: str = "cpu") -> tuple[ConditionalFlow, dict[str, Any]]:
     """One flow: a TRADE method on the 600 K data, or bg-300 (NLL on 300 K data at c = 0.5),
-    trained on `device` and returned on the CPU."""
+    trained on `device` and returned on the CPU; `boundaries` maps a temperature to its
+    (training, validation) data."""
     tsettings = trade_exps.Settings(
         n_steps=settings.n_steps, warmup_steps=settings.warmup_steps, kind="mixed",
         n_layers=settings.n_layers, hidden=settings.hidden, bins=settings.bins,
@@ -223,16 +226,17 @@ def train_method(method: str, settings: Settings, family: Family, data: trade.Da
     circular = tuple(int(i) for i in torch.nonzero(family.target.circular))
     config = replace(config, device=device,
                      **({"c0": 300.0 / T0} if method == BG_300 else {}))
-    boundary = data_300 if method == BG_300 else data
-    assert boundary is not None
+    boundary, validation = boundaries[300.0 if method == BG_300 else T0]
     family, boundary = trade_exps.on_device(family, boundary, device)
+    validation = trade_exps.on_device(family, validation, device)[1]
     torch.manual_seed(seed)
     arch = config.flow_config(family.target.dim, conditional=config.method != "latent_nll",
                               latent_power=config.latent_power(), circular=circular)
     with torch.device(device):
         flow = make_flow(arch, boundary.x).to(getattr(torch, config.dtype))
     callback("log", message=f"training {method} (seed {seed})")
-    record = trade.train(flow, family, config, boundary, callback=callback)
+    record = trade.train(flow, family, config, boundary, callback=callback,
+                         validation=None if config.method == "reverse_kl" else validation)
     return flow.cpu().eval(), record
 
 
@@ -260,10 +264,10 @@ def run(out_dir: Path, overrides: list[str], callback: Callback, device: str = "
     frames = {t: x for t, (x, _) in made.items()}
     as_y = {t: space.wrap(space.from_cartesian(x)) for t, x in frames.items()}
     splits = {t: split(as_y[t]) for t in (T0, 300.0) if t in as_y}
-    data = trade.Data(splits[T0][0].float(), 1.0)
-    data_300 = trade.Data(splits[300.0][0].float(), 300.0 / T0) if 300.0 in splits else None
+    boundaries = {t: (trade.Data(train.float(), t / T0), trade.Data(val.float(), t / T0))
+                  for t, (train, val, _) in splits.items()}
     # held-apart frames: the test split where a split trains a flow, else every frame
-    tests = {t: splits[t][1] if t in splits else as_y[t] for t in evaluated}
+    tests = {t: splits[t][2] if t in splits else as_y[t] for t in evaluated}
     floors = {t: reference_floor(frames[t], aldp(temperature=t).energy(frames[t]))
               for t in evaluated}
     budget = settings.baseline_budget or (made[300.0][1] + settings.n_eval if at_300 else 0)
@@ -281,7 +285,7 @@ def run(out_dir: Path, overrides: list[str], callback: Callback, device: str = "
                              "seconds": time.perf_counter() - began})
                 samples[(method, 300.0)] = kept
                 continue
-            flow, rec = train_method(method, settings, family, data, data_300, callback, seed,
+            flow, rec = train_method(method, settings, family, boundaries, callback, seed,
                                      device)
             trained[(method, seed)] = rec
             data_cost = made[300.0 if method == BG_300 else T0][1]

@@ -219,13 +219,19 @@ def step_cost(config: Config, step: int) -> int:
 def train(
     flow: ConditionalFlow, family: Family, config: Config, data: Data | None = None, *,
     budget: int | None = None, reserve: int = 0, callback: Callback = null_callback,
-    run_dir: Path | None = None, resume: bool = False,
+    run_dir: Path | None = None, resume: bool = False, validation: Data | None = None,
 ) -> dict[str, Any]:
     """Trains `flow` with `config.method`; stops after n_steps or when the target evaluations
     would exceed `budget - reserve`. Returns the record (history, n_nonfinite, last SNIS ESS/N,
     stopped_by_budget, seconds). The check before each step uses the larger of the previous
     step's cost and `step_cost`. Checkpoints (`boltzkit.samplers.run`) every
-    `checkpoint_every` steps and at the end; a resumed run continues bit for bit."""
+    `checkpoint_every` steps and at the end; a resumed run continues bit for bit.
+
+    With `validation` (held-apart boundary samples), their NLL is measured every
+    `validate_every` steps from the end of the warm-up on (the whole objective in force) and
+    the flow ends with the parameters of the lowest one: model selection on held-apart data,
+    which stops an NLL fit from ending overfitted (record: "validation" history, best_step,
+    best_validation_nll)."""
     needs_data = config.method != "reverse_kl" and config.boundary == "nll"
     if needs_data and data is None:
         raise UsageError(f"method {config.method!r} with boundary 'nll' needs data")
@@ -237,11 +243,11 @@ def train(
                               "seconds": 0.0}
     run = skeleton.Run(family.target, budget=budget, reserve=reserve, run_dir=run_dir,
                        checkpoint_every=config.checkpoint_every, callback=callback)
-    step, ckpt = 0, run.load(resume)
+    step, ckpt, best = 0, run.load(resume), None
     if ckpt is not None:
         flow.load_state_dict(ckpt["flow"])
         opt.load_state_dict(ckpt["opt"])
-        step, record = ckpt["step"], ckpt["record"]
+        step, record, best = ckpt["step"], ckpt["record"], ckpt.get("best")
         if ema is not None and ckpt.get("ema") is not None:
             ema.values, ema.ess_fraction, ema.started = ckpt["ema"], ckpt["ema_ess"], True
     run.start(total=config.n_steps, unit="step", description=f"TRADE ({config.method})")
@@ -261,22 +267,50 @@ def train(
                                           "n_energy": run.spent["n_energy"],
                                           "seconds": clock() - t0})
             run.advance(1, loss=loss.item())
+            if validation is not None and step >= config.warmup_steps and (
+                    step % config.validate_every == 0 or step == config.n_steps):
+                best = _select(flow, validation, step, record, best)
             if run.due(step):
-                run.save(_state(flow, opt, ema, step, record))
+                run.save(_state(flow, opt, ema, step, record, best))
             if run.interrupted is not None:
-                run.stop_for_interrupt(_state(flow, opt, ema, step, record))
+                run.stop_for_interrupt(_state(flow, opt, ema, step, record, best))
     record["n_steps"], record["seconds"] = step, record["seconds"] + clock() - t0
     record["stopped_by_budget"] = run.stopped_by_budget
-    run.save(_state(flow, opt, ema, step, record))
+    run.save(_state(flow, opt, ema, step, record, best))
+    if best is not None:
+        flow.load_state_dict(best)
     run.end()
     return record
 
 
+@torch.no_grad()
+def validation_nll(flow: ConditionalFlow, data: Data, chunk: int = 4096) -> float:
+    """-mean log q(x | c) of `data` (nats per sample)."""
+    total = 0.0
+    for i in range(0, len(data.x), chunk):
+        ctx = None if data.context is None else data.context[i:i + chunk]
+        total += float(-flow.log_prob(data.x[i:i + chunk], data.c[i:i + chunk], ctx).double()
+                       .sum())
+    return total / len(data.x)
+
+
+def _select(flow: ConditionalFlow, validation: Data, step: int, record: dict[str, Any],
+            best: dict[str, Tensor] | None) -> dict[str, Tensor] | None:
+    """Records the validation NLL at `step`; returns a copy of the parameters when it is the
+    lowest so far, else `best`."""
+    nll = validation_nll(flow, validation)
+    record.setdefault("validation", []).append({"step": step, "nll": nll})
+    if best is not None and not nll < record["best_validation_nll"]:
+        return best
+    record.update(best_step=step, best_validation_nll=nll)
+    return {k: v.detach().clone() for k, v in flow.state_dict().items()}
+
+
 def _state(flow: ConditionalFlow, opt: torch.optim.Optimizer, ema: GridEMA | None, step: int,
-           record: dict[str, Any]) -> dict[str, Any]:
+           record: dict[str, Any], best: dict[str, Tensor] | None = None) -> dict[str, Any]:
     return {"flow": flow.state_dict(), "opt": opt.state_dict(), "step": step, "record": record,
             "ema": None if ema is None else ema.values,
-            "ema_ess": None if ema is None else ema.ess_fraction}
+            "ema_ess": None if ema is None else ema.ess_fraction, "best": best}
 
 
 def build_flow(config: Config, dim: int, data: Tensor | None = None,

@@ -57,6 +57,7 @@ class Config(FlowArchitecture):
     c_sample: float | None = None  # condition of the returned samples (None: c0)
     checkpoint_every: int = 500
     log_every: int = 50
+    validate_every: int = 100  # steps between validation NLLs (when train gets validation data)
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"  # where the flow and the conditions live; the target must be there
 
@@ -65,7 +66,7 @@ class Config(FlowArchitecture):
         check_ranges(self, positive=(
             "c0", "c_min", "c_max", "n_conditions", "n_per_condition", "n_grid", "ema_every",
             "n_ema_samples", "huber_delta", "n_steps", "batch_size", "lr", "grad_clip",
-            "n_data", "log_every", "c_sample"),
+            "n_data", "log_every", "validate_every", "c_sample"),
             nonnegative=("causality_eps", "weight", "warmup_steps", "checkpoint_every"),
             fractions=("curriculum_start", "curriculum_fraction", "ema_decay"))
         if not self.c_min <= self.c0 <= self.c_max:
