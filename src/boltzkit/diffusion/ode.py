@@ -21,6 +21,11 @@ Hutchinson estimate with `n_probes` independent Gaussian probes per sample, each
 path: log q is then unbiased only in the probes' mean, and its standard error across probes is
 returned (`log_q_se`). For particle systems F and the probes live in the centre-of-mass-free
 subspace and d counts its (n - 1) d degrees of freedom.
+
+A trajectory whose field or divergence turns non-finite (a learned score can blow up near
+t = 0) is frozen from then on and marked `diverged`, with log q = +inf (importance weight 0):
+one such sample would otherwise stop the adaptive solver for the whole batch. Dropping it
+restricts q to the trajectories that stay finite; the count is reported.
 """
 
 from __future__ import annotations
@@ -40,12 +45,14 @@ ScoreFn = Callable[[Tensor, float | Tensor], Tensor]
 
 
 class FlowSample(NamedTuple):
-    """x0 `[B, dim]`; log_q `[B]` (log q_0(x0), float64); log_q_se `[B]` (0 for the exact
-    divergence, else the standard error over the Hutchinson probes)."""
+    """x0 `[B, dim]`; log_q `[B]` (log q_0(x0), float64; +inf where diverged); log_q_se `[B]`
+    (0 for the exact divergence, else the standard error over the Hutchinson probes);
+    diverged `[B]` (bool: trajectories frozen at a non-finite field)."""
 
     x0: Tensor
     log_q: Tensor
     log_q_se: Tensor
+    diverged: Tensor
 
 
 def probability_flow(score_fn: ScoreFn, x1: Tensor, log_p1: Tensor, schedule: Schedule, *,
@@ -73,6 +80,7 @@ def probability_flow(score_fn: ScoreFn, x1: Tensor, log_p1: Tensor, schedule: Sc
     probes = None if exact else torch.stack(
         [gaussian_noise(tuple(x1.shape), x1, particles) for _ in range(k)])
     project = particles.center if particles is not None else (lambda v: v)
+    diverged = torch.zeros(x1.shape[0], dtype=torch.bool, device=x1.device)
 
     def dynamics(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x = state[0]
@@ -89,6 +97,9 @@ def probability_flow(score_fn: ScoreFn, x1: Tensor, log_p1: Tensor, schedule: Sc
                 div_s = torch.stack([_hutchinson_kept(s, x, p) for p in probes])
         field = f * x - 0.5 * g2 * s
         div = f * dof - 0.5 * g2 * div_s
+        diverged.logical_or_(~(torch.isfinite(field).all(-1) & torch.isfinite(div).all(0)))
+        field = torch.where(diverged[:, None], 0.0, field)
+        div = torch.where(diverged[None], 0.0, div)
         # d/dt log q = -div F; integrating backwards in t accumulates +div F dt
         return field.detach(), -divergence_sign * div.detach()
 
@@ -98,7 +109,8 @@ def probability_flow(score_fn: ScoreFn, x1: Tensor, log_p1: Tensor, schedule: Sc
                                           rtol=rtol, atol=atol))
     log_q = log_q.double()
     se = log_q.std(0) / math.sqrt(k) if k > 1 else torch.zeros_like(log_q[0])
-    return FlowSample(project(x0), log_q.mean(0), se)
+    log_q = torch.where(diverged, math.inf, log_q.mean(0))
+    return FlowSample(project(x0), log_q, torch.where(diverged, 0.0, se), diverged.clone())
 
 
 def _hutchinson_kept(v: Tensor, x: Tensor, probe: Tensor) -> Tensor:

@@ -48,7 +48,7 @@ def weighted_samples(net: Any, target: Any, schedule: Any, particles: Any, n: in
     against `target`; `batch` samples per ODE solve, `tolerance` its relative tolerance."""
     dof = target.dim - (particles.spatial_dim if particles is not None else 0)
     std = float(schedule.prior_std)
-    xs, log_qs, ses = [], [], []
+    xs, log_qs, ses, n_diverged = [], [], [], 0
     for start in range(0, n, batch):
         m = min(batch, n - start)
         y1 = std * gaussian_noise((m, target.dim), like, particles)
@@ -58,6 +58,7 @@ def weighted_samples(net: Any, target: Any, schedule: Any, particles: Any, n: in
         xs.append(out.x0 * scale)
         log_qs.append(out.log_q - dof * math.log(scale))
         ses.append(out.log_q_se)
+        n_diverged += int(out.diverged.sum())
     x, log_q, se = torch.cat(xs), torch.cat(log_qs), torch.cat(ses)
     with torch.no_grad():
         log_gamma = target.log_prob(x.to(like.dtype)).double()
@@ -65,5 +66,6 @@ def weighted_samples(net: Any, target: Any, schedule: Any, particles: Any, n: in
     log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
     summary = estimators.weight_summary(log_w)
     summary.update(correction="probability-flow ODE importance weights",
-                   log_q_se_mean=float(se.mean()), ode_tolerance=tolerance)
+                   log_q_se_mean=float(se.mean()), ode_tolerance=tolerance,
+                   n_ode_diverged=n_diverged)
     return Weighted(x.detach(), log_w, float(summary["log_Z"]), summary)
