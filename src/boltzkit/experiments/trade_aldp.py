@@ -15,14 +15,16 @@ at 300 K (replica exchange), 450 K and 1000 K the reference frames.
 Methods: those of `trade_exps.METHODS` (trade-free, trade-free-fit, latent_nll, reweight,
 reverse_kl, ...) trained on the 600 K data over the range, and `bg-300`, a flow trained by
 maximum likelihood on 80 % of the 300 K frames (the upper bound that needs data TRADE does not
-use), evaluated at 300 K only. Per method and temperature: ESS/N (Kish, from the real
-log-weights log gamma_T - log q_T; TRADE's notebook zeroed them), the NLL of held-apart MD
-frames in internal coordinates (nats, per configuration), the 30 x 30 (phi, psi) histogram KL
-(reference || reweighted samples) and TV, the phi > 0 population of the reweighted samples with
-its Kish SE beside the reference's (batch-means SE), the energy W2 in kT of the systematically
-resampled set, and the D-alanine fraction; noise floors from the reference (its two time-halves
-compared with each other). Writes results.csv / results.md, settings.json and the figures
-ramachandran_grid.png and free_energy_phi.png.
+use), evaluated at 300 K only; beside it `pt-300` and `md-300`, parallel tempering and plain
+MD at 300 K with the same energy budget (`run`). Per method, seed and temperature: ESS/N
+(Kish, from the real log-weights log gamma_T - log q_T; TRADE's notebook zeroed them), the
+NLL of held-apart MD frames in internal coordinates (nats, per configuration), the 30 x 30
+(phi, psi) histogram KL (reference || reweighted samples) and TV, the phi > 0 population of
+the reweighted samples with its Kish SE beside the reference's (batch-means SE), the energy
+W2 in kT of the systematically resampled set, and the D-alanine fraction; noise floors from
+the reference (its two time-halves compared with each other), and the energy evaluations
+spent. Writes results.csv, results.md (mean +- SE over seeds), summary.csv, settings.json and
+the figures ramachandran_grid.png and free_energy_phi_<T>K.png.
 """
 
 from __future__ import annotations
