@@ -14,23 +14,26 @@ from boltzkit.experiments import trade_aldp  # noqa: E402
 def test_trade_aldp_quick_writes_every_row_and_figure(tmp_path, monkeypatch):
     monkeypatch.setenv("BOLTZKIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    headline = trade_aldp.run(out, ["preset=quick", "methods=trade-free,bg-300,pt-300,md-300",
+    methods = "methods=trade-free,reverse_kl,bg-300,pt-300,md-300"
+    headline = trade_aldp.run(out, ["preset=quick", methods,
                                     "temperatures=300,600", "n_eval=64", "seeds=0,1",
                                     "quick_md_frames=24", "baseline_budget=12000"],
                               lambda *a, **k: None)
     rows = list(csv.DictReader(open(out / "results.csv")))
     cells = {(r["method"], float(r["temperature_K"]), int(r["seed"])) for r in rows}
     assert cells == {(m, t, s) for s in (0, 1) for m, t in [
-        ("trade-free", 300.0), ("trade-free", 600.0), ("bg-300", 300.0), ("pt-300", 300.0),
-        ("md-300", 300.0)]}
+        ("trade-free", 300.0), ("trade-free", 600.0), ("reverse_kl", 300.0),
+        ("reverse_kl", 600.0), ("bg-300", 300.0), ("pt-300", 300.0), ("md-300", 300.0)]}
     for r in rows:
         if r["method"] in trade_aldp.BASELINES:  # equal budget, spent; no weights
             assert 0.9 * 12000 <= int(r["energy_evals"]) <= 12000 and r["ess_fraction"] == ""
-        else:
+        elif r["method"] == "reverse_kl":  # no MD data in its cost
+            assert int(r["energy_evals"]) == int(r["train_energy_evals"]) + 64
+        else:  # the MD data's force evaluations come first
             assert 0 < float(r["ess_fraction"]) <= 1
             assert int(r["energy_evals"]) > int(r["train_energy_evals"]) + 64
         assert float(r["rama_kl_floor"]) >= 0 and float(r["energy_w2_kT_floor"]) >= 0
-    assert set(headline) == {"trade-free", "bg-300", "pt-300", "md-300"}
+    assert set(headline) == {"trade-free", "reverse_kl", "bg-300", "pt-300", "md-300"}
     assert "+-" in (out / "results.md").read_text()  # two seeds: mean +- SE
     assert (out / "ramachandran_grid.png").exists() and (out / "free_energy_phi_300K.png").exists()
     assert "## ess_fraction" in (out / "results.md").read_text()

@@ -240,8 +240,8 @@ def train_method(method: str, settings: Settings, family: Family,
         flow = make_flow(arch, boundary.x).to(getattr(torch, config.dtype))
     callback("log", message=f"training {method} (seed {seed})")
     record = trade.train(flow, family, config, boundary, callback=callback,
-                         validation=None if config.method == "reverse_kl" else validation)
-    return flow.cpu().eval(), record
+                         validation=validation if config.uses_data else None)
+    return flow.cpu().eval(), {**record, "uses_data": config.uses_data}
 
 
 def run(out_dir: Path, overrides: list[str], callback: Callback, device: str = "cpu"
@@ -251,9 +251,9 @@ def run(out_dir: Path, overrides: list[str], callback: Callback, device: str = "
 
     Costs (`energy_evals` per row, in energy or force evaluations): a flow costs the MD force
     evaluations of its data (600 K, or 300 K for bg-300; equilibration and every replica
-    included; none for reverse_kl, which uses no data), its training's energy evaluations
-    and the `n_eval` evaluations of its weights; pt-300 and md-300 get `baseline_budget`, by
-    default bg-300's cost."""
+    included; none for a method that fits no data, e.g. reverse_kl), its training's energy
+    evaluations and the `n_eval` evaluations of its weights; pt-300 and md-300 get
+    `baseline_budget`, by default bg-300's cost."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -293,7 +293,7 @@ def run(out_dir: Path, overrides: list[str], callback: Callback, device: str = "
             flow, rec = train_method(method, settings, family, boundaries, callback, seed,
                                      device)
             trained[(method, seed)] = rec
-            data_cost = 0 if method == "reverse_kl" else made[300.0 if method == BG_300 else T0][1]
+            data_cost = made[300.0 if method == BG_300 else T0][1] if rec["uses_data"] else 0
             train_evals = rec["history"][-1]["n_energy"] if rec["history"] else 0
             for t in ((300.0,) if method == BG_300 else settings.temperatures):
                 row, x = evaluate(flow, space, family, t, frames[t], tests[t], settings.n_eval)

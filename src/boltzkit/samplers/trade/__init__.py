@@ -232,8 +232,7 @@ def train(
     the flow ends with the parameters of the lowest one: model selection on held-apart data,
     which stops an NLL fit from ending overfitted (record: "validation" history, best_step,
     best_validation_nll)."""
-    needs_data = config.method != "reverse_kl" and config.boundary == "nll"
-    if needs_data and data is None:
+    if config.uses_data and data is None:
         raise UsageError(f"method {config.method!r} with boundary 'nll' needs data")
     if config.expectation == "ema" and data is not None and data.context is not None:
         raise UsageError("the grid EMA of E_c[A] cannot be amortised over contexts")

@@ -73,6 +73,11 @@ class Config(FlowArchitecture):
             raise UsageError(f"TRADE needs c_min <= c0 <= c_max, got {self.c_min}, {self.c0}, "
                              f"{self.c_max}")
 
+    @property
+    def uses_data(self) -> bool:
+        """Whether training fits boundary samples (not reverse KL, nor a data-free boundary)."""
+        return self.method != "reverse_kl" and self.boundary == "nll"
+
     def latent_power(self) -> float:
         if not self.latent_scaling:
             return 0.0
