@@ -12,6 +12,7 @@ from torch import nn
 
 from boltzkit.experiments import trade_exps as tx
 from boltzkit.experiments import trade_extra as tx_extra
+from boltzkit.experiments.tables import write_tables
 from boltzkit.experiments.trade_extra import calibration
 
 # Second moment of N(0, diag(1, 4)): E|x|^2 = 5.
@@ -72,7 +73,7 @@ def test_calibration_of_exact_flow_is_diagonal_and_too_narrow_flow_is_not():
 def test_tables_and_settings(tmp_path):
     rows = [{"method": m, "T": t, "kl": 0.1 * i, "ess_fraction": 0.5}
             for i, (m, t) in enumerate([("a", 0.5), ("a", 1.0), ("b", 0.5), ("b", 1.0)])]
-    tx.write_tables(tmp_path, rows, ("kl",), "T", "title")
+    write_tables(tmp_path, rows, ("kl",), "T", "title")
     md = (tmp_path / "results.md").read_text()
     assert "| method | T=0.5 | T=1 |" in md and "| b | 0.2 | 0.3 |" in md
     assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 4

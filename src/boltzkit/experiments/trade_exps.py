@@ -44,7 +44,7 @@ from torch import Tensor
 from boltzkit.app import executors
 from boltzkit.core import config as configs
 from boltzkit.core.callback import Callback
-from boltzkit.experiments.tables import seed_summary, write_tables
+from boltzkit.experiments.tables import write_tables
 from boltzkit.mc import estimators
 from boltzkit.models.flows import ConditionalFlow, dtype_of
 from boltzkit.samplers import trade
@@ -380,5 +380,4 @@ def run_multi_well(out_dir: Path, overrides: list[str], callback: Callback,
 
 __all__ = ["METHODS", "Settings", "begin_run", "finish_run", "gmm_kl", "gmm_reference",
            "grid_reference", "is_row", "means_by_method", "run_gmm", "run_multi_well",
-           "method_task", "run_methods", "seed_summary", "train_method", "trade_config",
-           "write_tables"]
+           "method_task", "run_methods", "train_method", "trade_config"]

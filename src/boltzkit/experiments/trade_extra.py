@@ -30,6 +30,7 @@ from torch import Tensor
 from boltzkit.app.executors import Executor
 from boltzkit.core.callback import Callback
 from boltzkit.experiments import trade_exps as tx
+from boltzkit.experiments.tables import write_tables
 from boltzkit.mc import estimators
 from boltzkit.mc.mcmc import HMC
 from boltzkit.models import flow_objectives
@@ -133,7 +134,7 @@ def phi4_experiment(out_dir: Path, overrides: list[str], callback: Callback,
         rows.append({"method": "hmc", "kappa": kappa, **{k: v[0] for k, v in mc.items()},
                      **{f"{k}_se": v[1] for k, v in mc.items()}})
         rows += [value["rows"][i] for value in done.values()]
-    tx.write_tables(out_dir, rows, ("ess_fraction", *PHI4_OBSERVABLES, "abs_m_raw"), "kappa",
+    write_tables(out_dir, rows, ("ess_fraction", *PHI4_OBSERVABLES, "abs_m_raw"), "kappa",
                     "trade-phi4: flow (reweighted; abs_m_raw unweighted) vs HMC",
                     f"HMC: {n_chains} chains x {n_keep} draws per kappa, bootstrap over chains "
                     f"in results.csv (*_se); flows: {settings.n_steps} steps.")
@@ -247,7 +248,7 @@ def two_moons_experiment(out_dir: Path, overrides: list[str], callback: Callback
     rows = sorted((r for v in done.values() for r in v["rows"]),
                   key=lambda r: MOONS_BETAS.index(r["beta"]))
     curves = {(m, beta): v["extra"][str(beta)] for m, v in done.items() for beta in MOONS_BETAS}
-    tx.write_tables(out_dir, rows, ("kl", "calibration_error", "ess_fraction"), "beta",
+    write_tables(out_dir, rows, ("kl", "calibration_error", "ess_fraction"), "beta",
                     "trade-two-moons: KL(p || q), max |coverage - level| and ESS/N, mean over "
                     f"{n_obs} observations", f"data at beta = 1 only; {settings.n_steps} steps.")
     if settings.figures:
